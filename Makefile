@@ -1,0 +1,73 @@
+# tnbc_pipeline: every target installs what it needs into .venv first (built from pyproject.toml).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TNBC   := $(BIN)/tnbc
+
+# Stage variables (override on the command line: make dataset RAW=path ALPHA="110" SIGMA="8 10").
+RELEASE := $(firstword $(wildcard raw/TNBC_NucleiSegmentation.zip raw/TNBC_NucleiSegmentation))
+SYNTH   := raw/synthetic
+RAW     ?= $(if $(RELEASE),$(RELEASE),$(SYNTH))
+OUT     ?= dataset/TNBC
+CONFIG  ?=
+ALPHA   ?=
+SIGMA   ?=
+SEED    ?=
+FOLDS   ?=
+FOLD    ?=
+WORKERS ?=
+FORCE   ?=
+
+DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha $(a)) \
+	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
+	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
+
+.PHONY: help install synth dataset records train eval infer all test bench bench-dataset clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## Build .venv from pyproject.toml (with the test extra)
+
+$(SYNTH)/TNBC_NucleiSegmentation: | $(VENV)/.installed
+	$(TNBC) synth --out $(SYNTH)
+
+synth: $(SYNTH)/TNBC_NucleiSegmentation ## Write the synthetic release to raw/synthetic (the default RAW when raw/ has no release)
+
+dataset: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Split by patient + augment: RAW= OUT= CONFIG= ALPHA= SIGMA= SEED= FOLDS= FOLD= WORKERS= FORCE=1
+	$(TNBC) dataset --raw $(RAW) --out $(OUT) $(DATASET_FLAGS)
+
+records: install ## TFRecord shards + index (not implemented yet: issue 3)
+	$(TNBC) records
+
+train: install ## Train a U-Net (not implemented yet: issue 4)
+	$(TNBC) train
+
+eval: install ## Evaluate a run (not implemented yet: issue 5)
+	$(TNBC) eval
+
+infer: install ## Predict masks for a folder of images (not implemented yet: issue 5)
+	$(TNBC) infer
+
+all: dataset ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
+
+test: install ## Run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: bench-dataset ## All benchmarks (speed goals; prints ratios against the old method)
+
+bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
+	$(BIN)/python benchmarks/bench_dataset.py $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
+
+clean: ## Remove generated outputs (dataset/, raw/synthetic/); keeps raw/ downloads and .venv
+	rm -rf -- dataset/TNBC dataset/.TNBC.* $(SYNTH)

@@ -1,0 +1,3 @@
+from tnbc_pipeline.cli import main
+
+main()

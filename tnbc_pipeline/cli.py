@@ -1,0 +1,136 @@
+"""`tnbc`: one thin click command per stage. Parse flags, build the config, call one driver.
+
+Heavy modules (cv2, TensorFlow) are imported inside the commands so `tnbc --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tnbc_pipeline import __version__
+from tnbc_pipeline.errors import TnbcError
+
+log = logging.getLogger("tnbc_pipeline")
+
+
+class _Group(click.Group):
+    """Turns the project's own errors into one clear line and exit status 1, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TnbcError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; previous outputs are intact, rerun to continue", err=True)
+            sys.exit(130)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # pipeline order, not alphabetical
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tnbc")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings only, no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """TNBC nuclei segmentation pipeline, one command per stage:
+
+    \b
+    fetch / synth -> dataset -> records -> train -> eval -> infer
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"progress": not quiet}
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("raw"), show_default=True,
+              help="Folder to download into.")
+@click.option("--url", help="Download address (default: Zenodo record 2579118, v1.1).")
+@click.option("--md5", help="Expected MD5 (default: the published v1.1 digest).")
+@click.option("--sha256", help="Expected SHA-256 (optional extra pin).")
+@click.option("--size", type=int, help="Expected size in bytes (default: the published v1.1 size).")
+@click.pass_obj
+def fetch(obj: dict, out: Path, url: str | None, md5: str | None, sha256: str | None, size: int | None) -> None:
+    """Download the release archive (resumable; size and digest verified)."""
+    import dataclasses
+
+    from tnbc_pipeline.data.fetch import Source, fetch as do_fetch
+
+    given = {"url": url, "md5": md5, "sha256": sha256, "size": size}
+    source = dataclasses.replace(Source(), **{k: v for k, v in given.items() if v is not None})
+    click.echo(do_fetch(out, source, progress=obj["progress"]))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the release into.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the synthetic images.")
+@click.option("--size", type=click.IntRange(32, 4096), default=512, show_default=True, help="Image side in pixels.")
+def synth(out: Path, seed: int, size: int) -> None:
+    """Write a synthetic H&E-like release in the real layout (50 images, 11 patients)."""
+    from tnbc_pipeline.data.synth import write_release
+
+    click.echo(write_release(out, seed=seed, size=size))
+
+
+@main.command()
+@click.option("--raw", type=click.Path(path_type=Path), required=True,
+              help="The release: zip archive, extracted folder, or a folder holding Slide_PP/ and GT_PP/.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dataset/TNBC"), show_default=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file with [split] / [augment] tables (see configs/dataset.toml).")
+@click.option("--alpha", type=float, multiple=True, help="Elastic alpha; repeat for several (replaces config).")
+@click.option("--sigma", type=float, multiple=True, help="Elastic sigma; repeat for several (replaces config).")
+@click.option("--seed", type=int, help="Augmentation seed.")
+@click.option("--split-seed", type=int, help="Seed of the patient assignment.")
+@click.option("--folds", type=int, help="Grouped k-fold by patient: number of folds.")
+@click.option("--fold", type=int, help="Grouped k-fold: which fold (0-based) is the test set.")
+@click.option("--mask-threshold", type=int, help="Accept non-binary masks: nucleus = value > threshold.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Worker processes [default: all cores].")
+@click.option("--force", is_flag=True, help="Re-render every item even if unchanged.")
+@click.pass_obj
+def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tuple[float, ...],
+            sigma: tuple[float, ...], seed: int | None, split_seed: int | None, folds: int | None,
+            fold: int | None, mask_threshold: int | None, workers: int | None, force: bool) -> None:
+    """Split the release by patient, augment inside each split, write PNG pairs + manifest."""
+    from tnbc_pipeline.config import DatasetConfig, load_config
+    from tnbc_pipeline.data.dataset import build_dataset
+
+    flags = {"augment.alpha": alpha, "augment.sigma": sigma, "seed": seed, "split.seed": split_seed,
+             "split.folds": folds, "split.fold": fold, "mask_threshold": mask_threshold}
+    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
+    cfg = load_config(DatasetConfig, config_path, overrides)
+    summary = build_dataset(raw, out, cfg, workers=workers, force=force, progress=obj["progress"])
+    if not summary.changed:
+        click.echo(f"{out}: up to date ({sum(r['items'] for r in summary.rows.values())} items); nothing to do")
+        return
+    click.echo(f"{'split':<6} {'patients':>8} {'sources':>8} {'items':>6} {'rendered':>9} {'reused':>7}")
+    for split, row in summary.rows.items():
+        click.echo(f"{split:<6} {row['patients']:>8} {row['sources']:>8} {row['items']:>6} "
+                   f"{row['rendered']:>9} {row['reused']:>7}")
+    click.echo(f"deleted {summary.deleted} stale item(s); {summary.seconds:.1f} s -> {out}")
+
+
+def _later(name: str, issue: int, what: str) -> None:
+    @main.command(name, help=f"{what} (not implemented yet).",
+                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def command() -> None:
+        raise TnbcError(f"`tnbc {name}` is not implemented yet (tracked in issue {issue})")
+
+
+_later("records", 3, "Pack the dataset into TFRecord shards + index.json")
+_later("train", 4, "Train a U-Net into a run folder")
+_later("eval", 5, "Pixel and instance metrics of a run on a split")
+_later("infer", 5, "Masks, probabilities and overlays for any folder of images")
+
+
+if __name__ == "__main__":
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,190 @@
+"""Stage configuration: frozen dataclasses, loaded from TOML, overridden by CLI flags, saved as JSON.
+
+The loader is generic over the dataclasses: unknown keys and wrong types are errors naming the file
+and the key, and each dataclass validates its own ranges in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tnbc_pipeline.errors import TnbcError
+
+SPLITS = ("train", "valid", "test")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How patients (never images) are assigned to train/valid/test."""
+
+    seed: int = 0  # seeds the default assignment and the valid draw of k-fold
+    test_fraction: float = 0.2  # default mode: share of source images to put in test (whole patients)
+    valid_fraction: float = 0.1  # default and k-fold mode: share of source images for valid
+    train: tuple[str, ...] = ()  # explicit mode: patients for train (empty: every unlisted patient)
+    valid: tuple[str, ...] = ()  # explicit mode: patients for valid
+    test: tuple[str, ...] = ()  # explicit mode (any list given): patients for test
+    folds: int = 0  # > 0: grouped k-fold by patient; test = fold `fold` (0-based)
+    fold: int = 0  # which fold is the test set when folds > 0
+
+    def __post_init__(self) -> None:
+        for name in ("test_fraction", "valid_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise TnbcError(f"split.{name} must be in [0, 1), got {value}")
+        if self.test_fraction + self.valid_fraction >= 1.0:
+            raise TnbcError("split.test_fraction + split.valid_fraction must leave patients for train")
+        if self.folds < 0 or self.folds == 1:
+            raise TnbcError(f"split.folds must be 0 (off) or >= 2, got {self.folds}")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise TnbcError(f"split.fold must be in [0, {self.folds}), got {self.fold}")
+        if self.folds and (self.train or self.valid or self.test):
+            raise TnbcError("split: give either explicit patient lists or folds, not both")
+        seen: dict[str, str] = {}
+        for split in SPLITS:
+            for patient in getattr(self, split):
+                if patient in seen:
+                    raise TnbcError(f"split: patient {patient} is listed in both {seen[patient]} and {split}")
+                seen[patient] = split
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which variants each source image gets; every op warps image and mask with one transform."""
+
+    alpha: tuple[float, ...] = (110.0,)  # elastic strength (px); one variant per (alpha, sigma) pair
+    sigma: tuple[float, ...] = (8.0, 10.0)  # elastic smoothness: Gaussian std of the field (px)
+    flips: bool = True  # horizontal and vertical flips
+    rotations: tuple[float, ...] = tuple(float(a) for a in range(30, 360, 30))  # degrees; reflected borders
+    distort: tuple[float, ...] = (0.01, 0.02, 0.03)  # smooth grid distortion: max shift / image size
+    shrink: tuple[float, ...] = (0.7, 0.8, 0.9)  # zoom-out ratio about the centre; reflected borders
+    splits: tuple[str, ...] = ("train", "valid")  # splits that get variants; the others keep originals only
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "sigma"):
+            for value in getattr(self, name):
+                if value <= 0:
+                    raise TnbcError(f"augment.{name} values must be > 0, got {value}")
+        if bool(self.alpha) != bool(self.sigma):
+            raise TnbcError("augment.alpha and augment.sigma must both be empty or both non-empty")
+        for angle in self.rotations:
+            if not -360.0 <= angle <= 360.0:
+                raise TnbcError(f"augment.rotations must be within +-360 degrees, got {angle}")
+        for value in self.distort:
+            if not 0.0 < value <= 0.25:
+                raise TnbcError(f"augment.distort values must be in (0, 0.25], got {value}")
+        for value in self.shrink:
+            if not 0.0 < value < 1.0:
+                raise TnbcError(f"augment.shrink ratios must be in (0, 1), got {value}")
+        for split in self.splits:
+            if split not in SPLITS:
+                raise TnbcError(f"augment.splits: unknown split '{split}' (expected {', '.join(SPLITS)})")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Everything that determines the bytes of `tnbc dataset`'s output (workers do not)."""
+
+    seed: int = 0  # global augmentation seed; each variant's stream derives from (seed, key, op, params)
+    mask_threshold: int | None = None  # None: masks must be exactly {0,255}; else nucleus = value > threshold
+    png_compression: int = 1  # zlib level 0-9 for written PNGs (lossless at any level)
+    png_strategy: str = "rle"  # zlib strategy: rle | default | filtered | huffman | fixed
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.mask_threshold is not None and not 0 <= self.mask_threshold < 255:
+            raise TnbcError(f"mask_threshold must be in [0, 255), got {self.mask_threshold}")
+        if not 0 <= self.png_compression <= 9:
+            raise TnbcError(f"png_compression must be in 0..9, got {self.png_compression}")
+        if self.png_strategy not in ("rle", "default", "filtered", "huffman", "fixed"):
+            raise TnbcError(f"png_strategy: unknown strategy '{self.png_strategy}'")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check one TOML/CLI value against a field's type hint; return it in the field's type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TnbcError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise TnbcError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
+    """Build dataclass `cls` from a nested dict; `where` (a file or 'command line') prefixes errors."""
+    if not isinstance(data, dict):
+        raise TnbcError(f"{where}: [{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            raise TnbcError(f"{where}: unknown key '{prefix}{key}'")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        try:
+            if dataclasses.is_dataclass(hint):
+                kwargs[key] = from_dict(hint, value, where, f"{prefix}{key}.")
+            else:
+                kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+        except TnbcError as exc:
+            raise TnbcError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    try:
+        return cls(**kwargs)
+    except TnbcError as exc:
+        raise TnbcError(f"{where}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted-key overrides ('augment.alpha': [90.0]) onto a nested dict."""
+    out = json.loads(json.dumps(base))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def load_config(cls: type[T], path: Path | None, overrides: dict[str, Any] | None = None) -> T:
+    """TOML file (optional) + dotted CLI overrides -> validated frozen `cls`."""
+    data: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise TnbcError(f"{path}: cannot read config ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise TnbcError(f"{path}: invalid TOML ({exc})") from exc
+        from_dict(cls, data, str(path))  # report file errors against the file, before overrides
+        where = f"{path} + command line"
+    return from_dict(cls, _merge(data, overrides or {}), where)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """sha256 of the canonical JSON of a config: equal settings give equal hashes."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,304 @@
+"""The dataset stage: release -> patient split -> augmented PNG pairs + splits.json + manifest.json.
+
+Layering: `render_case` (one source image -> its variant files) is called by `build_dataset` (the folder
+driver: validation, plan, diff against the previous manifest, worker pool, progress bar, atomic swap).
+
+Incremental: each output item carries a `recipe` hash of everything that determines its bytes (source
+hashes, op, params, seed, PNG settings, render version). An item whose recipe is unchanged and whose
+files still match their manifest sha256 is hard-linked into the new version instead of re-rendered.
+
+Atomic: the new version is built in `.<out>.partial/` beside the output and swapped in with two
+renames; a killed build leaves the previous dataset intact, and the next run resumes from the
+items already rendered into the staging folder (listed in its journal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from tnbc_pipeline import __version__
+from tnbc_pipeline.config import SPLITS, DatasetConfig, config_hash, to_dict
+from tnbc_pipeline.data import augment, splits
+from tnbc_pipeline.data.raw import Case, Release
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_or_copy, read_json, recover_dir,
+                              replace_dir, sha256_bytes, sha256_file, staging_dir, write_json)
+
+log = logging.getLogger(__name__)
+
+RENDER_VERSION = 1  # bump when rendering code changes the bytes of any variant: forces a re-render
+OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl"})
+JOURNAL = ".journal.jsonl"
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, per split and in total; `changed` is False when the dataset was up to date."""
+
+    out: Path
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> patients/sources/items/rendered/reused
+    deleted: int = 0
+    seconds: float = 0.0
+    changed: bool = True
+
+
+def _recipe(cfg: DatasetConfig, sources: dict[str, dict], key: str, variant: augment.Variant) -> str:
+    src = sources[key]
+    text = json.dumps([RENDER_VERSION, cfg.seed, cfg.png_compression, cfg.png_strategy, cfg.mask_threshold,
+                       src["image_sha256"], src["mask_sha256"], variant.op, variant.params])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render_case(release: Release, case: Case, split: str, variants: list[augment.Variant],
+                cfg: DatasetConfig, out: Path) -> list[dict[str, Any]]:
+    """Render `variants` of one source into `out/{split}/{images,masks}/`; return their item records."""
+    image, mask, _, _ = release.load(case)
+    items = []
+    for variant in variants:
+        rng = np.random.default_rng(augment.variant_seed(cfg.seed, case.key, variant))
+        img, msk, stats = augment.apply(variant, image, mask, rng)
+        name = f"{case.key}__{variant.suffix}.png"
+        record: dict[str, Any] = {"split": split, "patient": case.patient, "source": case.key, "op": variant.op,
+                                  "params": variant.params_dict, "image": f"{split}/images/{name}",
+                                  "mask": f"{split}/masks/{name}"}
+        for kind, arr in (("image", img), ("mask", msk)):
+            data = encode_png(arr, cfg.png_compression, cfg.png_strategy)
+            atomic_write_bytes(out / record[kind], data)
+            record[f"{kind}_sha256"] = hashlib.sha256(data).hexdigest()
+        record["stats"] = stats
+        items.append(record)
+    return items
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(release: Release, cfg: DatasetConfig, out: Path) -> None:
+    cv2.setNumThreads(1)  # parallelism comes from the processes; avoid oversubscribing the cores
+    _WORKER.update(release=release, cfg=cfg, out=out)
+
+
+def _render_task(task: tuple[Case, str, list[augment.Variant]]) -> list[dict[str, Any]]:
+    case, split, variants = task
+    return render_case(_WORKER["release"], case, split, variants, _WORKER["cfg"], _WORKER["out"])
+
+
+def _check_paths(raw: Path, out: Path) -> None:
+    raw_r, out_r = raw.resolve(), out.resolve()
+    if raw_r == out_r or raw_r in out_r.parents or out_r in raw_r.parents:
+        raise TnbcError(f"{out}: output folder overlaps the raw release {raw}; choose a separate folder")
+    if out.exists() and not out.is_dir():
+        raise TnbcError(f"{out}: exists and is not a folder")
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = read_json(path)
+        if isinstance(manifest, dict) and isinstance(manifest.get("items"), list):
+            return manifest
+    except TnbcError:
+        pass
+    log.warning("%s: unreadable manifest; every item will be rebuilt", path)
+    return None
+
+
+def _intact(out: Path, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Items whose files still match the manifest's sha256 (decided by content, not timestamps)."""
+    return {it["image"]: it for it in items
+            if (out / it["image"]).is_file() and (out / it["mask"]).is_file()
+            and sha256_file(out / it["image"]) == it["image_sha256"]
+            and sha256_file(out / it["mask"]) == it["mask_sha256"]}
+
+
+def _journal(staging: Path) -> dict[str, dict[str, Any]]:
+    """Items a killed earlier build already rendered into the staging folder, by image path."""
+    done: dict[str, dict[str, Any]] = {}
+    path = staging / JOURNAL
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:  # the line a kill cut short
+                continue
+            if (staging / item["image"]).is_file() and (staging / item["mask"]).is_file():
+                done[item["image"]] = item
+    return done
+
+
+def setting_stats(items: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
+    """Measured displacement per parameter setting of a random-field op: mean over its items of each
+    item's mean and 99th-percentile displacement magnitude, in pixels."""
+    groups: dict[tuple, list[dict[str, float]]] = {}
+    for it in items:
+        if it["op"] == op:
+            groups.setdefault(tuple(sorted(it["params"].items())), []).append(it["stats"])
+    return [{**dict(params), "items": len(st),
+             "mean_disp_px": round(float(np.mean([s["mean_disp_px"] for s in st])), 3),
+             "p99_disp_px": round(float(np.mean([s["p99_disp_px"] for s in st])), 3)}
+            for params, st in sorted(groups.items())]
+
+
+def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: DatasetConfig) -> dict[str, dict]:
+    """Hash every source pair and decode-check it before anything is written. A pair whose bytes
+    and mask threshold equal the previous build's was checked then, so only its hash is recomputed."""
+    known = {}
+    if current and current.get("config", {}).get("mask_threshold") == cfg.mask_threshold:
+        known = {(s.get("image_sha256"), s.get("mask_sha256")) for s in current.get("sources", {}).values()}
+    sources = {}
+    for case in release.cases:
+        image_sha = sha256_bytes(release.read_bytes(case.image))
+        mask_sha = sha256_bytes(release.read_bytes(case.mask))
+        if (image_sha, mask_sha) not in known:
+            release.load(case)  # raises TnbcError naming the file on any problem
+        sources[case.key] = {"patient": case.patient, "image": case.image, "image_sha256": image_sha,
+                             "mask": case.mask, "mask_sha256": mask_sha}
+    return sources
+
+
+Plan = dict[str, tuple[Case, str, augment.Variant, str]]  # image path -> (case, split, variant, recipe)
+
+
+def _plan(release: Release, assignment: dict[str, list[str]], cfg: DatasetConfig, sources: dict) -> Plan:
+    split_of = {p: s for s, ids in assignment.items() for p in ids}
+    plan: Plan = {}
+    for split in SPLITS:
+        variants = augment.plan_variants(cfg.augment, split)
+        for case in release.cases:
+            if split_of.get(case.patient) == split:
+                for v in variants:
+                    plan[f"{split}/images/{case.key}__{v.suffix}.png"] = (case, split, v, _recipe(cfg, sources, case.key, v))
+    return plan
+
+
+def _render_all(tasks: list[tuple[Case, str, list[augment.Variant]]], plan: Plan, release: Release,
+                cfg: DatasetConfig, staging: Path, workers: int, progress: bool) -> list[dict[str, Any]]:
+    """Render tasks (in a process pool when workers > 1), journaling each finished item with its recipe."""
+    done: list[dict[str, Any]] = []
+    bar = tqdm(total=sum(len(v) for _, _, v in tasks), unit="pair", desc="render", disable=not progress)
+    with open(staging / JOURNAL, "a") as journal:
+        def finish(items: list[dict[str, Any]]) -> None:
+            for item in items:
+                item["recipe"] = plan[item["image"]][3]
+                journal.write(json.dumps(item) + "\n")
+            journal.flush()
+            done.extend(items)
+            bar.update(len(items))
+
+        if workers <= 1 or len(tasks) <= 1:
+            _init_worker(release, cfg, staging)
+            for task in tasks:
+                finish(_render_task(task))
+        else:
+            # forkserver: no fork of a parent whose cv2 may hold threads; the preload makes workers
+            # start without re-importing numpy/cv2.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+            with ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging)) as pool:
+                for future in as_completed([pool.submit(_render_task, t) for t in tasks]):
+                    finish(future.result())
+    bar.close()
+    return done
+
+
+def _remove_unplanned(staging: Path, plan: Plan) -> None:
+    """Drop files a killed build under an older config left in the staging folder."""
+    wanted = {p for p in plan} | {p.replace("/images/", "/masks/") for p in plan}
+    for split in SPLITS:
+        for kind in ("images", "masks"):
+            for f in (staging / split / kind).iterdir():
+                if f"{split}/{kind}/{f.name}" not in wanted:
+                    f.unlink()
+
+
+def _rows(assignment: dict[str, list[str]], plan: Plan, rendered: set[str]) -> dict[str, dict[str, int]]:
+    rows = {}
+    for split in SPLITS:
+        paths = [p for p, entry in plan.items() if entry[1] == split]
+        rows[split] = {"patients": len(assignment[split]), "sources": len({plan[p][0].key for p in paths}),
+                       "items": len(paths), "rendered": len([p for p in paths if p in rendered]),
+                       "reused": len([p for p in paths if p not in rendered])}
+    return rows
+
+
+def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None = None,
+                  force: bool = False, progress: bool = True) -> BuildSummary:
+    """Build or update the dataset at `out` from the release at `raw`; see the module docstring."""
+    start = time.perf_counter()
+    raw, out = Path(raw), Path(out)
+    workers = workers or os.cpu_count() or 1
+    _check_paths(raw, out)
+    with folder_lock(out):
+        recover_dir(out)
+        release = Release(raw, cfg.mask_threshold)
+        current = _read_manifest(out)
+        sources = _validate_sources(release, current, cfg)
+        assignment = splits.assign(release.patients, cfg.split)
+        plan = _plan(release, assignment, cfg, sources)
+        head: dict[str, Any] = {"tool": "tnbc_pipeline", "version": __version__, "render_version": RENDER_VERSION,
+                "config": to_dict(cfg), "config_hash": config_hash(cfg), "sources": sources, "splits": assignment}
+
+        head = json.loads(json.dumps(head))  # JSON types (lists, not tuples), to compare with the manifest
+        old_items = current["items"] if current else []
+        reuse = {} if force else {p: it for p, it in _intact(out, old_items).items()
+                                  if p in plan and it.get("recipe") == plan[p][3]}
+        summary = BuildSummary(out=out, deleted=len({it["image"] for it in old_items} - set(plan)))
+        if (current and len(reuse) == len(plan) == len(old_items)
+                and all(current.get(k) == v for k, v in head.items())):
+            summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
+            summary.seconds = time.perf_counter() - start
+            return summary
+
+        staging = staging_dir(out)
+        if force and staging.exists():
+            shutil.rmtree(staging)
+        journal = _journal(staging)
+        for split in SPLITS:
+            for kind in ("images", "masks"):
+                (staging / split / kind).mkdir(parents=True, exist_ok=True)
+        items: dict[str, dict[str, Any]] = {}
+        todo: dict[tuple[str, str], list[augment.Variant]] = {}
+        for path, (case, split, variant, recipe) in plan.items():
+            if journal.get(path, {}).get("recipe") == recipe:
+                items[path] = journal[path]
+            elif path in reuse:
+                for kind in ("image", "mask"):
+                    (staging / reuse[path][kind]).unlink(missing_ok=True)
+                    link_or_copy(out / reuse[path][kind], staging / reuse[path][kind])
+                items[path] = reuse[path]
+            else:
+                todo.setdefault((case.key, split), []).append(variant)
+        cases = {c.key: c for c in release.cases}
+        tasks = [(cases[key], split, variants) for (key, split), variants in sorted(todo.items())]
+        for item in _render_all(tasks, plan, release, cfg, staging, workers, progress):
+            items[item["image"]] = item
+        rendered = {p for p in items if p not in reuse and p not in journal}
+
+        _remove_unplanned(staging, plan)
+        ordered = [items[p] for p in plan]
+        manifest = {**head, "elastic": setting_stats(ordered, "elastic"),
+                    "distort": setting_stats(ordered, "distort"), "items": ordered}
+        write_json(staging / "splits.json", assignment)
+        write_json(staging / "config.json", to_dict(cfg))
+        write_json(staging / "manifest.json", manifest)
+        (staging / JOURNAL).unlink()
+        replace_dir(out, staging, keep=lambda name: name not in OWNED)
+        summary.rows = _rows(assignment, plan, rendered)
+        summary.seconds = time.perf_counter() - start
+        return summary

@@ -1,0 +1,164 @@
+"""Find and read a TNBC release: the zip archive, its extracted folder (single or doubled), or a folder
+holding `Slide_PP/` and `GT_PP/` directly. Read-only: nothing here ever writes to the release.
+
+`Slide_PP/PP_K.png` pairs with `GT_PP/PP_K.png` by name; the patient is PP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.io import decode_image, decode_mask, sha256_bytes
+
+_MEMBER = re.compile(r"^(?P<root>(?:.*/)?)(?P<kind>Slide|GT)_(?P<pp>\d{2})/(?P<file>[^/]+)$")
+_FILE = re.compile(r"^(?P<pp>\d{2})_(?P<k>\d+)\.png$")
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a TNBC PNG is ~0.5 MB; refuse anything that would inflate beyond this
+MAX_DEPTH = 4  # folder search depth: root/TNBC_NucleiSegmentation/TNBC_NucleiSegmentation/Slide_PP/file
+
+
+@dataclass(frozen=True)
+class Case:
+    """One annotated image of the release: key 'PP_K', its patient and the two member paths."""
+
+    key: str
+    patient: str
+    image: str  # path relative to the release path (folder) or zip member name
+    mask: str
+
+
+def _skipped(rel: str) -> bool:
+    """macOS resource forks and dot-files are never part of the release."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+
+
+def _walk(path: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        rel_dir = os.path.relpath(dirpath, path)
+        depth = 0 if rel_dir == "." else rel_dir.count(os.sep) + 1
+        dirnames[:] = sorted(d for d in dirnames if not _skipped(d)) if depth < MAX_DEPTH else []
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
+            if not _skipped(rel):
+                found.append(rel)
+    return found
+
+
+def _zip_members(zf: zipfile.ZipFile, path: Path) -> list[str]:
+    names, seen = [], set()
+    for info in zf.infolist():
+        name = info.filename
+        if info.is_dir() or _skipped(name):
+            continue
+        if name.startswith("/") or ".." in name.split("/"):
+            raise TnbcError(f"{path}: unsafe member path '{name}' in archive")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise TnbcError(f"{path}: member '{name}' is a symbolic link")
+        if name in seen:
+            raise TnbcError(f"{path}: duplicate member '{name}' in archive")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise TnbcError(f"{path}: member '{name}' declares {info.file_size} bytes (limit {MAX_MEMBER_BYTES})")
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+class Release:
+    """A TNBC release on disk. `cases` is sorted by key; `load` returns validated arrays."""
+
+    def __init__(self, path: Path | str, mask_threshold: int | None = None) -> None:
+        self.path = Path(path)
+        self.mask_threshold = mask_threshold
+        self._zip: zipfile.ZipFile | None = None
+        if not self.path.exists():
+            raise TnbcError(f"{self.path}: no such file or folder")
+        self.is_zip = self.path.is_file()
+        if self.is_zip:
+            if not zipfile.is_zipfile(self.path):
+                raise TnbcError(f"{self.path}: not a zip archive or a release folder")
+            members = _zip_members(self._open(), self.path)
+        else:
+            members = _walk(self.path)
+        self.cases = self._pair(members)
+
+    def _open(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise TnbcError(f"{self.path}: corrupted zip archive ({exc})") from exc
+        return self._zip
+
+    def __getstate__(self) -> dict:
+        # Worker processes reopen the archive themselves; a ZipFile handle does not pickle.
+        return {**self.__dict__, "_zip": None}
+
+    def _pair(self, members: list[str]) -> list[Case]:
+        roots: set[str] = set()
+        images: dict[str, str] = {}
+        masks: dict[str, str] = {}
+        for rel in members:
+            m = _MEMBER.match(rel)
+            if not m:
+                continue
+            roots.add(m["root"])
+            f = _FILE.match(m["file"])
+            if not f or f["pp"] != m["pp"]:
+                raise TnbcError(f"{self.name(rel)}: unexpected file name (expected {m['pp']}_K.png)")
+            key = f"{f['pp']}_{int(f['k'])}"
+            (images if m["kind"] == "Slide" else masks)[key] = rel
+        if not roots:
+            raise TnbcError(f"{self.path}: no Slide_PP/ and GT_PP/ folders found (unrecognised release layout)")
+        if len(roots) > 1:
+            shown = ", ".join(sorted(r or "./" for r in roots))
+            raise TnbcError(f"{self.path}: several releases found ({shown}); point at one of them")
+        for key, rel in images.items():
+            if key not in masks:
+                raise TnbcError(f"{self.name(rel)}: no matching mask GT_{key[:2]}/{key}.png")
+        for key, rel in masks.items():
+            if key not in images:
+                raise TnbcError(f"{self.name(rel)}: mask without image Slide_{key[:2]}/{key}.png")
+        if not images:
+            raise TnbcError(f"{self.path}: release holds no images")
+        order = sorted(images, key=lambda k: (k[:2], int(k[3:])))
+        return [Case(k, k[:2], images[k], masks[k]) for k in order]
+
+    @property
+    def patients(self) -> dict[str, int]:
+        """Patient id -> number of images, sorted by id."""
+        counts: dict[str, int] = {}
+        for case in self.cases:
+            counts[case.patient] = counts.get(case.patient, 0) + 1
+        return counts
+
+    def name(self, rel: str) -> str:
+        """A member's user-facing name for messages: the file path, or archive:member."""
+        return f"{self.path}:{rel}" if self.is_zip else str(self.path / rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            if self.is_zip:
+                return self._open().read(rel)
+            return (self.path / rel).read_bytes()
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise TnbcError(f"{self.name(rel)}: cannot read ({exc})") from exc
+
+    def load(self, case: Case) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """-> (image RGB uint8 (H,W,3), mask uint8 (H,W) in {0,255}, image sha256, mask sha256)."""
+        image_bytes, mask_bytes = self.read_bytes(case.image), self.read_bytes(case.mask)
+        image = decode_image(image_bytes, self.name(case.image))
+        mask = decode_mask(mask_bytes, self.name(case.mask), self.mask_threshold)
+        if image.shape[:2] != mask.shape:
+            raise TnbcError(
+                f"{self.name(case.mask)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask, sha256_bytes(image_bytes), sha256_bytes(mask_bytes)
