@@ -75,10 +75,10 @@ def png_header(data: bytes, name: str) -> tuple[int, int, int, int]:
             seen_iend = True
             break
         pos = end
-    if header is None:
-        raise TnbcError(f"{name}: corrupted PNG (no IHDR chunk)")
     if not seen_iend:
         raise TnbcError(f"{name}: truncated PNG (no IEND chunk)")
+    if header is None:
+        raise TnbcError(f"{name}: corrupted PNG (no IHDR chunk)")
     width, height, depth, colour = header
     if width == 0 or height == 0 or width * height > MAX_PIXELS:
         raise TnbcError(f"{name}: PNG declares {width}x{height} pixels (limit {MAX_PIXELS} pixels)")

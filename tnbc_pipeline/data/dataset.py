@@ -167,8 +167,8 @@ def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: Dat
         mask_sha = sha256_bytes(release.read_bytes(case.mask))
         if (image_sha, mask_sha) not in known:
             release.load(case)  # raises TnbcError naming the file on any problem
-        sources[case.key] = {"patient": case.patient, "image": case.image, "image_sha256": image_sha,
-                             "mask": case.mask, "mask_sha256": mask_sha}
+        sources[case.key] = {"patient": case.patient, "image": release.relative(case.image),
+                             "image_sha256": image_sha, "mask": release.relative(case.mask), "mask_sha256": mask_sha}
     return sources
 
 

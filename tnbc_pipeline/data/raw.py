@@ -56,10 +56,10 @@ def _zip_members(zf: zipfile.ZipFile, path: Path) -> list[str]:
     names, seen = [], set()
     for info in zf.infolist():
         name = info.filename
-        if info.is_dir() or _skipped(name):
-            continue
         if name.startswith("/") or ".." in name.split("/"):
             raise TnbcError(f"{path}: unsafe member path '{name}' in archive")
+        if info.is_dir() or _skipped(name):
+            continue
         if stat.S_ISLNK(info.external_attr >> 16):
             raise TnbcError(f"{path}: member '{name}' is a symbolic link")
         if name in seen:
@@ -128,6 +128,7 @@ class Release:
                 raise TnbcError(f"{self.name(rel)}: mask without image Slide_{key[:2]}/{key}.png")
         if not images:
             raise TnbcError(f"{self.path}: release holds no images")
+        self.root = roots.pop()  # prefix of the folder holding Slide_PP/ ('' when the path itself)
         order = sorted(images, key=lambda k: (k[:2], int(k[3:])))
         return [Case(k, k[:2], images[k], masks[k]) for k in order]
 
@@ -138,6 +139,10 @@ class Release:
         for case in self.cases:
             counts[case.patient] = counts.get(case.patient, 0) + 1
         return counts
+
+    def relative(self, rel: str) -> str:
+        """A member's path below the release root ('Slide_01/01_1.png'), the same for zip and folder."""
+        return rel[len(self.root):]
 
     def name(self, rel: str) -> str:
         """A member's user-facing name for messages: the file path, or archive:member."""

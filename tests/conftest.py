@@ -1,0 +1,47 @@
+"""Shared fixtures: synthetic releases built by the package itself (tests never need the real data)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tnbc_pipeline.data.synth import write_release
+
+SIZE = 96  # small images keep the suite fast; the layout and counts are the real ones
+
+
+@pytest.fixture(scope="session")
+def release_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine synthetic release: <tmp>/TNBC_NucleiSegmentation/{Slide_PP,GT_PP}/PP_K.png. Do not modify."""
+    return write_release(tmp_path_factory.mktemp("release"), seed=0, size=SIZE)
+
+
+@pytest.fixture
+def release(release_root: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the synthetic release folder."""
+    return Path(shutil.copytree(release_root, tmp_path / "raw" / "TNBC_NucleiSegmentation"))
+
+
+def make_zip(root: Path, dest: Path, junk: bool = True) -> Path:
+    """Zip a release folder as the archive does (top folder TNBC_NucleiSegmentation/), with macOS junk."""
+    with zipfile.ZipFile(dest, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            rel = f"TNBC_NucleiSegmentation/{path.relative_to(root).as_posix()}"
+            if path.is_file():
+                zf.write(path, rel)
+                if junk:
+                    zf.writestr(f"__MACOSX/{os.path.dirname(rel)}/._{path.name}", b"\x00\x05\x16\x07junk")
+        if junk:
+            zf.writestr("TNBC_NucleiSegmentation/.DS_Store", b"junk")
+    return dest
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 for every file under `folder` (hidden files included)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
