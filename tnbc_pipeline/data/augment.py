@@ -154,7 +154,9 @@ def apply(variant: Variant, image: np.ndarray, mask: np.ndarray, rng: np.random.
         dx, dy = field(mask.shape, rng, **p)
         out = remap_pair(image, mask, dx, dy)
         magnitude = np.hypot(dx, dy)
-        stats = {"mean_disp_px": float(magnitude.mean()), "p99_disp_px": float(np.percentile(magnitude, 99))}
+        # p99 on every 2nd row and column: a quarter of the sort, and the field is smooth at that scale.
+        stats = {"mean_disp_px": float(magnitude.mean()),
+                 "p99_disp_px": float(np.percentile(magnitude[::2, ::2], 99))}
     else:
         raise ValueError(f"unknown op {variant.op!r}")
     if ((out[1] != 0) & (out[1] != 255)).any():  # cannot happen with nearest sampling; guard the invariant

@@ -14,6 +14,7 @@ items already rendered into the staging folder (listed in its journal).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,11 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
 
 def _intact(out: Path, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Items whose files still match the manifest's sha256 (decided by content, not timestamps)."""
-    return {it["image"]: it for it in items
-            if (out / it["image"]).is_file() and (out / it["mask"]).is_file()
-            and sha256_file(out / it["image"]) == it["image_sha256"]
-            and sha256_file(out / it["mask"]) == it["mask_sha256"]}
+    def ok(it: dict[str, Any]) -> bool:
+        return all((out / it[k]).is_file() and sha256_file(out / it[k]) == it[f"{k}_sha256"] for k in ("image", "mask"))
+
+    with ThreadPoolExecutor(2) as threads:  # hashlib releases the GIL on large buffers
+        return {it["image"]: it for it, good in zip(items, threads.map(ok, items)) if good}
 
 
 def _journal(staging: Path) -> dict[str, dict[str, Any]]:
@@ -187,9 +189,21 @@ def _plan(release: Release, assignment: dict[str, list[str]], cfg: DatasetConfig
     return plan
 
 
-def _render_all(tasks: list[tuple[Case, str, list[augment.Variant]]], plan: Plan, release: Release,
-                cfg: DatasetConfig, staging: Path, workers: int, progress: bool) -> list[dict[str, Any]]:
-    """Render tasks (in a process pool when workers > 1), journaling each finished item with its recipe."""
+def _start_pool(workers: int, release: Release, cfg: DatasetConfig, staging: Path) -> ProcessPoolExecutor:
+    """Start the worker processes now, so their start-up overlaps the main process's hashing."""
+    # forkserver: never fork a parent whose cv2 may hold threads; the preload spares each worker
+    # re-importing numpy/cv2.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    pool = ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging))
+    for _ in range(workers):
+        pool.submit(int)  # a no-op that makes the executor spawn its processes
+    return pool
+
+
+def _render_all(tasks: list[tuple[Case, str, list[augment.Variant]]], plan: Plan, pool: ProcessPoolExecutor | None,
+                release: Release, cfg: DatasetConfig, staging: Path, progress: bool) -> list[dict[str, Any]]:
+    """Render tasks (in `pool`, or here when None), journaling each finished item with its recipe."""
     done: list[dict[str, Any]] = []
     bar = tqdm(total=sum(len(v) for _, _, v in tasks), unit="pair", desc="render", disable=not progress)
     with open(staging / JOURNAL, "a") as journal:
@@ -201,18 +215,13 @@ def _render_all(tasks: list[tuple[Case, str, list[augment.Variant]]], plan: Plan
             done.extend(items)
             bar.update(len(items))
 
-        if workers <= 1 or len(tasks) <= 1:
+        if pool is None:
             _init_worker(release, cfg, staging)
             for task in tasks:
                 finish(_render_task(task))
         else:
-            # forkserver: no fork of a parent whose cv2 may hold threads; the preload makes workers
-            # start without re-importing numpy/cv2.
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([__name__])
-            with ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging)) as pool:
-                for future in as_completed([pool.submit(_render_task, t) for t in tasks]):
-                    finish(future.result())
+            for future in as_completed([pool.submit(_render_task, t) for t in tasks]):
+                finish(future.result())
     bar.close()
     return done
 
@@ -256,39 +265,48 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
 
         head = json.loads(json.dumps(head))  # JSON types (lists, not tuples), to compare with the manifest
         old_items = current["items"] if current else []
-        reuse = {} if force else {p: it for p, it in _intact(out, old_items).items()
-                                  if p in plan and it.get("recipe") == plan[p][3]}
         summary = BuildSummary(out=out, deleted=len({it["image"] for it in old_items} - set(plan)))
-        if (current and len(reuse) == len(plan) == len(old_items)
-                and all(current.get(k) == v for k, v in head.items())):
-            summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
-            summary.seconds = time.perf_counter() - start
-            return summary
-
         staging = staging_dir(out)
         if force and staging.exists():
             shutil.rmtree(staging)
         journal = _journal(staging)
-        for split in SPLITS:
-            for kind in ("images", "masks"):
-                (staging / split / kind).mkdir(parents=True, exist_ok=True)
-        items: dict[str, dict[str, Any]] = {}
-        todo: dict[tuple[str, str], list[augment.Variant]] = {}
-        for path, (case, split, variant, recipe) in plan.items():
-            if journal.get(path, {}).get("recipe") == recipe:
-                items[path] = journal[path]
-            elif path in reuse:
-                for kind in ("image", "mask"):
-                    (staging / reuse[path][kind]).unlink(missing_ok=True)
-                    link_or_copy(out / reuse[path][kind], staging / reuse[path][kind])
-                items[path] = reuse[path]
-            else:
-                todo.setdefault((case.key, split), []).append(variant)
-        cases = {c.key: c for c in release.cases}
-        tasks = [(cases[key], split, variants) for (key, split), variants in sorted(todo.items())]
-        for item in _render_all(tasks, plan, release, cfg, staging, workers, progress):
-            items[item["image"]] = item
-        rendered = {p for p in items if p not in reuse and p not in journal}
+        # Reuse candidates: same recipe in the current manifest, or already rendered by a killed run.
+        candidates = [] if force else [it for it in old_items
+                                       if it["image"] in plan and it.get("recipe") == plan[it["image"]][3]]
+        resumed = {p for p, it in journal.items() if p in plan and it.get("recipe") == plan[p][3]}
+        missing = set(plan) - {it["image"] for it in candidates} - resumed
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if missing and workers > 1:
+                pool = _start_pool(workers, release, cfg, staging)
+                stack.callback(pool.shutdown, cancel_futures=True)
+            reuse = _intact(out, candidates)  # hashing overlaps the workers' start-up
+            if current and len(reuse) == len(plan) == len(old_items) and all(
+                    current.get(k) == v for k, v in head.items()):
+                summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
+                summary.seconds = time.perf_counter() - start
+                return summary
+
+            for split in SPLITS:
+                for kind in ("images", "masks"):
+                    (staging / split / kind).mkdir(parents=True, exist_ok=True)
+            items: dict[str, dict[str, Any]] = {}
+            todo: dict[tuple[str, str], list[augment.Variant]] = {}
+            for path, (case, split, variant, _) in plan.items():
+                if path in resumed:
+                    items[path] = journal[path]
+                elif path in reuse:
+                    for kind in ("image", "mask"):
+                        (staging / reuse[path][kind]).unlink(missing_ok=True)
+                        link_or_copy(out / reuse[path][kind], staging / reuse[path][kind])
+                    items[path] = reuse[path]
+                else:
+                    todo.setdefault((case.key, split), []).append(variant)
+            cases = {c.key: c for c in release.cases}
+            tasks = [(cases[key], split, variants) for (key, split), variants in sorted(todo.items())]
+            for item in _render_all(tasks, plan, pool, release, cfg, staging, progress):
+                items[item["image"]] = item
+        rendered = {p for p in items if p not in reuse and p not in resumed}
 
         _remove_unplanned(staging, plan)
         ordered = [items[p] for p in plan]
