@@ -210,3 +210,16 @@ def test_sigkill_mid_build_keeps_the_previous_dataset_and_the_rerun_completes(
     build_dataset(release_root, tmp_path / "clean", DatasetConfig(seed=5), workers=1, progress=False)
     assert tree_digest(out) == tree_digest(tmp_path / "clean")
     assert not (tmp_path / ".TNBC.partial").exists()
+
+
+def test_a_hostile_manifest_cannot_reach_outside_the_dataset(built: Path, release_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data" / "TNBC"
+    shutil.copytree(built, out)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not yours")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["items"][0]["mask"] = "../../secret.png"  # would be linked into the new version if trusted
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    summary = build_dataset(release_root, out, CFG, workers=1, progress=False)
+    assert summary.rows["train"]["reused"] == 0  # the manifest is ignored as a whole, everything re-rendered
+    assert tree_digest(out) == tree_digest(built) and secret.read_bytes() == b"not yours"

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 from tnbc_pipeline import __version__
 from tnbc_pipeline.config import SPLITS, DatasetConfig, config_hash, to_dict
-from tnbc_pipeline.data import augment, splits
+from tnbc_pipeline.data import augment, manifest, splits
 from tnbc_pipeline.data.raw import Case, Release
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_or_copy, read_json, recover_dir,
-                              replace_dir, sha256_bytes, sha256_file, staging_dir, write_json)
+from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_or_copy, recover_dir,
+                              replace_dir, sha256_bytes, staging_dir, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def render_case(release: Release, case: Case, split: str, variants: list[augment
         for kind, arr in (("image", img), ("mask", msk)):
             data = encode_png(arr, cfg.png_compression, cfg.png_strategy)
             atomic_write_bytes(out / record[kind], data)
-            record[f"{kind}_sha256"] = hashlib.sha256(data).hexdigest()
+            record[f"{kind}_sha256"] = sha256_bytes(data)
         record["stats"] = stats
         items.append(record)
     return items
@@ -104,57 +104,6 @@ def _check_paths(raw: Path, out: Path) -> None:
         raise TnbcError(f"{out}: output folder overlaps the raw release {raw}; choose a separate folder")
     if out.exists() and not out.is_dir():
         raise TnbcError(f"{out}: exists and is not a folder")
-
-
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    path = out / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = read_json(path)
-        if isinstance(manifest, dict) and isinstance(manifest.get("items"), list):
-            return manifest
-    except TnbcError:
-        pass
-    log.warning("%s: unreadable manifest; every item will be rebuilt", path)
-    return None
-
-
-def _intact(out: Path, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Items whose files still match the manifest's sha256 (decided by content, not timestamps)."""
-    def ok(it: dict[str, Any]) -> bool:
-        return all((out / it[k]).is_file() and sha256_file(out / it[k]) == it[f"{k}_sha256"] for k in ("image", "mask"))
-
-    with ThreadPoolExecutor(2) as threads:  # hashlib releases the GIL on large buffers
-        return {it["image"]: it for it, good in zip(items, threads.map(ok, items)) if good}
-
-
-def _journal(staging: Path) -> dict[str, dict[str, Any]]:
-    """Items a killed earlier build already rendered into the staging folder, by image path."""
-    done: dict[str, dict[str, Any]] = {}
-    path = staging / JOURNAL
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:  # the line a kill cut short
-                continue
-            if (staging / item["image"]).is_file() and (staging / item["mask"]).is_file():
-                done[item["image"]] = item
-    return done
-
-
-def setting_stats(items: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
-    """Measured displacement per parameter setting of a random-field op: mean over its items of each
-    item's mean and 99th-percentile displacement magnitude, in pixels."""
-    groups: dict[tuple, list[dict[str, float]]] = {}
-    for it in items:
-        if it["op"] == op:
-            groups.setdefault(tuple(sorted(it["params"].items())), []).append(it["stats"])
-    return [{**dict(params), "items": len(st),
-             "mean_disp_px": round(float(np.mean([s["mean_disp_px"] for s in st])), 3),
-             "p99_disp_px": round(float(np.mean([s["p99_disp_px"] for s in st])), 3)}
-            for params, st in sorted(groups.items())]
 
 
 def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: DatasetConfig) -> dict[str, dict]:
@@ -256,7 +205,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
     with folder_lock(out):
         recover_dir(out)
         release = Release(raw, cfg.mask_threshold)
-        current = _read_manifest(out)
+        current = manifest.read_manifest(out)
         sources = _validate_sources(release, current, cfg)
         assignment = splits.assign(release.patients, cfg.split)
         plan = _plan(release, assignment, cfg, sources)
@@ -269,7 +218,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
         staging = staging_dir(out)
         if force and staging.exists():
             shutil.rmtree(staging)
-        journal = _journal(staging)
+        journal = manifest.read_journal(staging / JOURNAL)
         # Reuse candidates: same recipe in the current manifest, or already rendered by a killed run.
         candidates = [] if force else [it for it in old_items
                                        if it["image"] in plan and it.get("recipe") == plan[it["image"]][3]]
@@ -280,7 +229,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
             if missing and workers > 1:
                 pool = _start_pool(workers, release, cfg, staging)
                 stack.callback(pool.shutdown, cancel_futures=True)
-            reuse = _intact(out, candidates)  # hashing overlaps the workers' start-up
+            reuse = manifest.intact(out, candidates)  # hashing overlaps the workers' start-up
             if current and len(reuse) == len(plan) == len(old_items) and all(
                     current.get(k) == v for k, v in head.items()):
                 summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
@@ -310,11 +259,11 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
 
         _remove_unplanned(staging, plan)
         ordered = [items[p] for p in plan]
-        manifest = {**head, "elastic": setting_stats(ordered, "elastic"),
-                    "distort": setting_stats(ordered, "distort"), "items": ordered}
+        result = {**head, "elastic": manifest.setting_stats(ordered, "elastic"),
+                  "distort": manifest.setting_stats(ordered, "distort"), "items": ordered}
         write_json(staging / "splits.json", assignment)
         write_json(staging / "config.json", to_dict(cfg))
-        write_json(staging / "manifest.json", manifest)
+        write_json(staging / "manifest.json", result)
         (staging / JOURNAL).unlink()
         replace_dir(out, staging, keep=lambda name: name not in OWNED)
         summary.rows = _rows(assignment, plan, rendered)
