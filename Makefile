@@ -20,12 +20,14 @@ FOLDS   ?=
 FOLD    ?=
 WORKERS ?=
 FORCE   ?=
+SHARD_MB ?=
+COMPRESSION ?=
 
 DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha $(a)) \
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records train eval infer all test bench bench-dataset clean
+.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,8 +49,12 @@ synth: $(SYNTH)/TNBC_NucleiSegmentation ## Write the synthetic release to raw/sy
 dataset: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Split by patient + augment: RAW= OUT= CONFIG= ALPHA= SIGMA= SEED= FOLDS= FOLD= WORKERS= FORCE=1
 	$(TNBC) dataset --raw $(RAW) --out $(OUT) $(DATASET_FLAGS)
 
-records: install ## TFRecord shards + index (not implemented yet: issue 3)
-	$(TNBC) records
+records: install ## TFRecord shards + index.json from OUT (rebuilt only when the dataset changed): SHARD_MB= COMPRESSION= FORCE=1
+	$(TNBC) records --dataset $(OUT) $(if $(SHARD_MB),--shard-mb $(SHARD_MB)) \
+		$(if $(COMPRESSION),--compression $(COMPRESSION)) $(if $(FORCE),--force)
+
+verify-records: install ## Re-hash every shard and parse every record
+	$(TNBC) records --dataset $(OUT) --verify
 
 train: install ## Train a U-Net (not implemented yet: issue 4)
 	$(TNBC) train
@@ -59,7 +65,7 @@ eval: install ## Evaluate a run (not implemented yet: issue 5)
 infer: install ## Predict masks for a folder of images (not implemented yet: issue 5)
 	$(TNBC) infer
 
-all: dataset ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
+all: dataset records ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q

@@ -119,6 +119,44 @@ def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tu
     click.echo(f"deleted {summary.deleted} stale item(s); {summary.seconds:.1f} s -> {out}")
 
 
+@main.command()
+@click.option("--dataset", type=click.Path(path_type=Path), default=Path("dataset/TNBC"), show_default=True,
+              help="A `tnbc dataset` output folder.")
+@click.option("--out", type=click.Path(path_type=Path), help="Shard folder [default: DATASET/tfrecords].")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file with the records keys (see configs/records.toml).")
+@click.option("--shard-mb", type=float, help="Target shard size in MiB [default: 100].")
+@click.option("--compression", type=click.Choice(["none", "gzip"]), help="Shard compression [default: none].")
+@click.option("--verify", is_flag=True, help="Only check: re-hash every shard and parse every record.")
+@click.option("--force", is_flag=True, help="Rebuild even if the dataset is unchanged.")
+@click.pass_obj
+def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None, shard_mb: float | None,
+            compression: str | None, verify: bool, force: bool) -> None:
+    """Pack the dataset into TFRecord shards + index.json (rebuilt only when the dataset changed)."""
+    from tnbc_pipeline.config import RecordsConfig, load_config
+    from tnbc_pipeline.data.records import build_records, verify_records
+
+    out = out or dataset / "tfrecords"
+    if verify:
+        problems = verify_records(out, dataset, progress=obj["progress"])
+        for line in problems:
+            click.echo(f"BAD {line}", err=True)
+        if problems:
+            raise TnbcError(f"{len(problems)} bad shard(s) in {out}")
+        click.echo(f"{out}: every shard matches the index and every record parses")
+        return
+    overrides = {k: v for k, v in {"shard_mb": shard_mb, "compression": compression}.items() if v is not None}
+    cfg = load_config(RecordsConfig, config_path, overrides)
+    summary = build_records(dataset, out, cfg, force=force, progress=obj["progress"])
+    if not summary.changed:
+        click.echo(f"{out}: up to date with {dataset / 'manifest.json'}; nothing to do")
+        return
+    click.echo(f"{'split':<6} {'records':>8} {'shards':>7} {'MiB':>8}")
+    for split, row in summary.rows.items():
+        click.echo(f"{split:<6} {row['records']:>8} {row['shards']:>7} {row['bytes'] / 2**20:>8.1f}")
+    click.echo(f"-> {out}")
+
+
 def _later(name: str, issue: int, what: str) -> None:
     @main.command(name, help=f"{what} (not implemented yet).",
                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -126,7 +164,6 @@ def _later(name: str, issue: int, what: str) -> None:
         raise TnbcError(f"`tnbc {name}` is not implemented yet (tracked in issue {issue})")
 
 
-_later("records", 3, "Pack the dataset into TFRecord shards + index.json")
 _later("train", 4, "Train a U-Net into a run folder")
 _later("eval", 5, "Pixel and instance metrics of a run on a split")
 _later("infer", 5, "Masks, probabilities and overlays for any folder of images")

@@ -188,3 +188,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def config_hash(cfg: Any) -> str:
     """sha256 of the canonical JSON of a config: equal settings give equal hashes."""
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RecordsConfig:
+    """How `tnbc records` packs the dataset into TFRecord shards."""
+
+    shard_mb: float = 100.0  # target shard size in MiB; a split smaller than this gets one shard
+    compression: str = "none"  # none | gzip (PNG bytes barely compress: gzip mostly costs read time)
+    seed: int = 0  # fixed shuffle of items before sharding, so every shard mixes patients and ops
+
+    def __post_init__(self) -> None:
+        if not self.shard_mb > 0:
+            raise TnbcError(f"shard_mb must be > 0, got {self.shard_mb}")
+        if self.compression not in ("none", "gzip"):
+            raise TnbcError(f"compression must be 'none' or 'gzip', got '{self.compression}'")

@@ -1,0 +1,108 @@
+"""The shared tf.data input pipeline: shapes and ranges, determinism, alignment, bad shards."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tnbc_pipeline.config import AugmentConfig, DatasetConfig, RecordsConfig
+from tnbc_pipeline.data.dataset import build_dataset
+from tnbc_pipeline.data.records import build_records, read_index
+from tnbc_pipeline.errors import TnbcError
+
+PATCH = 64
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory, release_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("pipe") / "TNBC"
+    cfg = DatasetConfig(augment=AugmentConfig(rotations=(), alpha=(110.0,), sigma=(8.0,), distort=(), shrink=()))
+    build_dataset(release_root, out, cfg, workers=1, progress=False)
+    build_records(out, None, RecordsConfig(shard_mb=0.3), progress=False)
+    return out / "tfrecords"
+
+
+@pytest.fixture(scope="module")
+def mask_records(tmp_path_factory: pytest.TempPathFactory, release_root: Path) -> Path:
+    """Records whose images ARE their masks (as RGB): any misalignment would show as a difference."""
+    raw = Path(shutil.copytree(release_root, tmp_path_factory.mktemp("maskraw") / "TNBC_NucleiSegmentation"))
+    for gt in raw.glob("GT_*/*.png"):
+        mask = cv2.imread(str(gt), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(raw / gt.parent.name.replace("GT_", "Slide_") / gt.name), np.dstack([mask] * 3))
+    out = raw.parent / "TNBC"
+    build_dataset(raw, out, DatasetConfig(augment=AugmentConfig(splits=())), workers=1, progress=False)
+    build_records(out, None, RecordsConfig(shard_mb=0.1), progress=False)
+    return out / "tfrecords"
+
+
+def _take(records: Path, n: int, **kw) -> list[tuple[np.ndarray, np.ndarray]]:
+    from tnbc_pipeline.data.pipeline import make_dataset
+
+    ds = make_dataset(records, "train", training=True, batch_size=4, patch=PATCH, **kw)
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+
+def test_training_batches_have_the_model_contract(records: Path) -> None:
+    for x, y in _take(records, 3):
+        assert x.shape == (4, PATCH, PATCH, 3) and y.shape == (4, PATCH, PATCH, 1)
+        assert x.dtype == np.float32 and y.dtype == np.float32
+        assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+        assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_the_stream_is_deterministic_for_a_seed(records: Path) -> None:
+    a, b, c = _take(records, 4, seed=1), _take(records, 4, seed=1), _take(records, 4, seed=2)
+    assert all(np.array_equal(p[0], q[0]) and np.array_equal(p[1], q[1]) for p, q in zip(a, b))
+    assert not all(np.array_equal(p[0], q[0]) for p, q in zip(a, c))
+
+
+def test_crop_flip_rot_keep_image_and_mask_aligned(mask_records: Path) -> None:
+    batches = _take(mask_records, 12, seed=3)
+    for x, y in batches:
+        assert np.array_equal(np.round(x * 255), np.repeat(y * 255, 3, axis=-1))
+    assert sum(float(y.mean()) for _, y in batches) > 0  # nuclei were actually in the crops
+
+
+def test_augment_pair_covers_the_eight_symmetries() -> None:
+    from tnbc_pipeline.data.pipeline import augment_pair
+    from tnbc_pipeline.tf_env import tf
+
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1).repeat(3, -1)
+    mask = (image[..., :1] % 2 * 255).astype(np.uint8)
+    outs = set()
+    for i in range(200):
+        img, msk = augment_pair(tf.constant(image), tf.constant(mask), tf.constant([0, i], tf.int64), 4)
+        assert np.array_equal(img.numpy()[..., :1] % 2 * 255, msk.numpy())
+        outs.add(img.numpy()[..., 0].tobytes())
+    assert len(outs) == 8
+
+
+def test_eval_mode_is_one_ordered_pass_with_keys(records: Path) -> None:
+    from tnbc_pipeline.data.pipeline import make_dataset
+
+    n = sum(s["records"] for s in read_index(records)["shards"] if s["split"] == "valid")
+    keys = []
+    for batch in make_dataset(records, "valid", training=False, batch_size=2):
+        assert batch["image"].shape[1:] == (96, 96, 3) and batch["mask"].shape[1:] == (96, 96, 1)
+        keys += [k.decode() for k in batch["key"].numpy()]
+    assert len(keys) == len(set(keys)) == n
+    again = [k.decode() for b in make_dataset(records, "valid", training=False, batch_size=2) for k in b["key"].numpy()]
+    assert again == keys
+
+
+def test_a_bad_shard_is_named_or_skipped(records: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    copy = Path(shutil.copytree(records, tmp_path / "tfrecords"))
+    shards = [s for s in read_index(copy)["shards"] if s["split"] == "train"]
+    assert len(shards) > 1
+    bad = copy / shards[0]["file"]
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(TnbcError, match=rf"{bad.name}: .*truncated.*rerun `tnbc records`"):
+        _take(copy, 1)
+    with caplog.at_level(logging.WARNING):
+        batches = _take(copy, 2, skip_bad=True)
+    assert len(batches) == 2 and f"skipping bad shard {bad}" in caplog.text

@@ -1,0 +1,114 @@
+"""The input pipeline shared by train, eval and bench: shards -> parsed, augmented, batched tensors.
+
+    index.json -> shard files of a split (checked: size + sha256, bad ones named or skipped)
+      -> parallel interleave -> parse + PNG decode (AUTOTUNE)
+      -> training: repeat -> enumerate -> stateless augmentation seeded by (seed, element index):
+         random crop to the patch, random left-right flip, random rot90 (together: all 8 symmetries)
+         -> shuffle (seeded) -> batch -> prefetch
+      -> evaluation: whole images in record order, with key and patient.
+
+What the model sees is decided here, once: `model_input` (RGB, float32 in [0, 1]) and `model_target`
+(float32 in {0, 1}); eval and infer call the same functions.
+Memory stays flat in the dataset size: nothing is cached, and the shuffle buffer holds crops.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tnbc_pipeline.data.records import read_index, shard_problem
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.tf_env import tf
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def model_input(image: tf.Tensor) -> tf.Tensor:
+    """uint8 RGB (..., H, W, 3) -> float32 in [0, 1]. The only place input scaling is defined."""
+    return tf.cast(image, tf.float32) / 255.0
+
+
+def model_target(mask: tf.Tensor) -> tf.Tensor:
+    """uint8 mask (..., H, W, 1) in {0, 255} -> float32 in {0, 1}."""
+    return tf.cast(mask > 127, tf.float32)
+
+
+def shard_paths(records: Path, split: str, skip_bad: bool = False) -> list[str]:
+    """The split's shard files from the index, each checked (size, sha256) before anything reads it.
+
+    A bad shard is a TnbcError naming it, or with `skip_bad` a warning and the shard left out.
+    """
+    records = Path(records)
+    index = read_index(records)
+    shards = [s for s in index["shards"] if s.get("split") == split]
+    if not shards:
+        raise TnbcError(f"{records / 'index.json'}: no shards for split '{split}'")
+    paths = []
+    for shard in shards:
+        problem = shard_problem(records, shard)
+        if problem is None:
+            paths.append(str(records / shard["file"]))
+        elif skip_bad:
+            log.warning("skipping bad shard %s: %s", records / shard["file"], problem)
+        else:
+            raise TnbcError(f"{records / shard['file']}: {problem}; rerun `tnbc records` or skip bad shards")
+    if not paths:
+        raise TnbcError(f"{records}: every shard of split '{split}' is bad")
+    return paths
+
+
+def _records(paths: list[str], compression: str) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    return files.interleave(
+        lambda p: tf.data.TFRecordDataset(p, compression_type="GZIP" if compression == "gzip" else ""),
+        cycle_length=min(len(paths), 4), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint8 (H, W, 1) as ONE tensor,
+    so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,)."""
+    both = tf.concat([image, mask], axis=-1)
+    crop_seed, flip_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    both = tf.image.stateless_random_crop(both, [patch, patch, 4], crop_seed)
+    both = tf.image.stateless_random_flip_left_right(both, flip_seed)
+    both = tf.image.rot90(both, tf.random.stateless_uniform([], rot_seed, 0, 4, dtype=tf.int32))
+    return both[..., :3], both[..., 3:]
+
+
+def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
+                 seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False) -> tf.data.Dataset:
+    """The dataset of a split.
+
+    training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
+    (B, patch, patch, 1)) batches, deterministic for a given seed.
+    training=False: one pass of {'image', 'mask', 'key', 'patient'} whole images, batched by
+    `batch_size` (images of one batch must share a size).
+    The global batch size is given; a tf.distribute strategy splits it across replicas.
+    """
+    from tnbc_pipeline.data.schema import parse_example
+
+    compression = read_index(Path(records)).get("compression", "none")
+    ds = _records(shard_paths(records, split, skip_bad), compression)
+    ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # Every worker reads every shard and keeps its share: correct however few shards a split has.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    if training:
+        base = tf.constant(seed, tf.int64)
+
+        def crop(index: tf.Tensor, ex: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            return augment_pair(ex["image"], ex["mask"], tf.stack([base, index]), patch)
+
+        ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
+        # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.
+        ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
+        ds = ds.map(lambda x, y: (model_input(x), model_target(y)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda ex: {"image": model_input(ex["image"]), "mask": model_target(ex["mask"]),
+                                "key": ex["key"], "patient": ex["patient"]},
+                    num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+    return ds.prefetch(AUTOTUNE).with_options(options)

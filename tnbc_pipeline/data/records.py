@@ -1,0 +1,194 @@
+"""The records stage: the dataset's PNG pairs -> TFRecord shards per split + `index.json`; and verify.
+
+Shards are `{split}-{i:05d}-of-{n:05d}.tfrecord`, cut to about `shard_mb` each (contiguous runs of a
+fixed, seeded shuffle of the split's items). The index lists per shard its split, record count, bytes
+and sha256, plus the sha256 of the dataset manifest it was built from: when the dataset changes the
+next run rebuilds, otherwise it does nothing. The whole folder is built beside the output and swapped
+in, so a killed run leaves the previous shards intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tnbc_pipeline import __version__
+from tnbc_pipeline.config import SPLITS, RecordsConfig, to_dict
+from tnbc_pipeline.data.manifest import read_manifest
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.io import (folder_lock, png_header, read_json, recover_dir, replace_dir, sha256_bytes, sha256_file,
+                              staging_dir, write_json)
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+MiB = 1024 * 1024
+
+
+@dataclass
+class RecordsSummary:
+    out: Path
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> records, shards, bytes
+    changed: bool = True
+
+
+def plan_shards(sizes: list[int], target_bytes: float) -> list[range]:
+    """Cut items (in order) into ceil(total / target) contiguous runs of about equal bytes."""
+    if not sizes:
+        return []
+    n = len(sizes)
+    count = min(n, max(1, math.ceil(sum(sizes) / target_bytes)))
+    cum = np.cumsum(sizes)
+    bounds = [0]
+    for k in range(1, count):
+        cut = int(np.searchsorted(cum, cum[-1] * k / count, side="left")) + 1
+        bounds.append(min(max(cut, bounds[-1] + 1), n - (count - k)))  # every run keeps >= 1 item
+    bounds.append(n)
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    path = folder / INDEX
+    if not path.exists():
+        raise TnbcError(f"{path}: no records index; run `tnbc records` first")
+    index = read_json(path)
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise TnbcError(f"{path}: malformed records index; rerun `tnbc records --force`")
+    return index
+
+
+def _up_to_date(out: Path, manifest_sha: str, cfg: RecordsConfig) -> bool:
+    try:
+        index = read_index(out)
+    except TnbcError:
+        return False
+    return (index.get("manifest_sha256") == manifest_sha and index.get("config") == to_dict(cfg)
+            and all((out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"]
+                    for s in index["shards"]))
+
+
+def _write_shard(path: Path, items: list[dict[str, Any]], dataset: Path, cfg: RecordsConfig, bar: tqdm) -> dict:
+    """Write one shard (hidden temporary name, then rename); return its index entry."""
+    from tnbc_pipeline.data.schema import encode_example
+    from tnbc_pipeline.tf_env import tf
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if cfg.compression == "gzip" else "")
+    with tf.io.TFRecordWriter(str(tmp), options) as writer:
+        for it in items:
+            data = {}
+            for kind in ("image", "mask"):
+                data[kind] = (dataset / it[kind]).read_bytes()
+                if sha256_bytes(data[kind]) != it[f"{kind}_sha256"]:
+                    raise TnbcError(f"{dataset / it[kind]}: differs from the dataset manifest; rerun `tnbc dataset`")
+            width, height, _, _ = png_header(data["image"], str(dataset / it["image"]))
+            writer.write(encode_example(data["image"], data["mask"], height, width, Path(it["image"]).stem,
+                                        it["patient"], it["source"], it["op"]))
+            bar.update(1)
+    tmp.rename(path)
+    return {"file": path.name, "split": items[0]["split"], "records": len(items), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bool = False,
+                  progress: bool = True) -> RecordsSummary:
+    """Pack `dataset` (a `tnbc dataset` output) into shards under `out` (default dataset/tfrecords)."""
+    dataset = Path(dataset)
+    out = Path(out) if out else dataset / "tfrecords"
+    manifest = read_manifest(dataset)
+    if manifest is None:
+        raise TnbcError(f"{dataset / 'manifest.json'}: missing or malformed; run `tnbc dataset` first")
+    manifest_sha = sha256_file(dataset / "manifest.json")
+    with folder_lock(out):
+        recover_dir(out)
+        summary = RecordsSummary(out=out)
+        if not force and _up_to_date(out, manifest_sha, cfg):
+            summary.changed = False
+            summary.rows = _rows(read_index(out))
+            return summary
+        staging = staging_dir(out)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        items = manifest["items"]
+        shards = []
+        with tqdm(total=len(items), unit="pair", desc="records", disable=not progress) as bar:
+            for split in SPLITS:
+                split_items = [it for it in items if it["split"] == split]
+                order = np.random.default_rng(cfg.seed).permutation(len(split_items))
+                split_items = [split_items[i] for i in order]
+                sizes = [(dataset / it["image"]).stat().st_size + (dataset / it["mask"]).stat().st_size
+                         for it in split_items]
+                runs = plan_shards(sizes, cfg.shard_mb * MiB)
+                for i, run in enumerate(runs):
+                    path = staging / shard_name(split, i, len(runs))
+                    shards.append(_write_shard(path, [split_items[j] for j in run], dataset, cfg, bar))
+        index = {"schema_version": 1, "tool_version": __version__, "manifest_sha256": manifest_sha,
+                 "dataset_config_hash": manifest.get("config_hash"), "config": to_dict(cfg),
+                 "compression": cfg.compression, "shards": shards}
+        write_json(staging / INDEX, index)
+        replace_dir(out, staging, keep=lambda name: name != INDEX and not name.endswith(".tfrecord"))
+        summary.rows = _rows(index)
+        return summary
+
+
+def _rows(index: dict[str, Any]) -> dict[str, dict[str, int]]:
+    rows = {s: {"records": 0, "shards": 0, "bytes": 0} for s in SPLITS}
+    for shard in index["shards"]:
+        row = rows[shard["split"]]
+        row["records"] += shard["records"]
+        row["shards"] += 1
+        row["bytes"] += shard["bytes"]
+    return rows
+
+
+def shard_problem(folder: Path, shard: dict[str, Any], deep: bool = False) -> str | None:
+    """Why a shard listed in the index is unusable (None if it is fine). `deep` also parses every record."""
+    path = folder / shard["file"]
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        return f"{size} bytes, index says {shard['bytes']} (truncated or replaced)"
+    if sha256_file(path) != shard["sha256"]:
+        return "sha256 differs from the index (corrupted)"
+    if deep:
+        from tnbc_pipeline.data.schema import parse_example
+        from tnbc_pipeline.tf_env import tf
+
+        compression = "GZIP" if read_index(folder).get("compression") == "gzip" else ""
+        count = 0
+        try:
+            for record in tf.data.TFRecordDataset(str(path), compression_type=compression):
+                parse_example(record)
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            return f"unreadable record {count}: {exc.message.splitlines()[0]}"
+        if count != shard["records"]:
+            return f"{count} records, index says {shard['records']}"
+    return None
+
+
+def verify_records(folder: Path, dataset: Path | None = None, progress: bool = True) -> list[str]:
+    """Re-hash every shard and parse every record; return one 'shard: problem' line per bad shard."""
+    index = read_index(folder)
+    problems = []
+    if dataset is not None and (dataset / "manifest.json").exists():
+        if sha256_file(dataset / "manifest.json") != index.get("manifest_sha256"):
+            problems.append(f"{folder / INDEX}: built from another version of {dataset}; rerun `tnbc records`")
+    for shard in tqdm(index["shards"], unit="shard", desc="verify", disable=not progress):
+        problem = shard_problem(folder, shard, deep=True)
+        if problem:
+            problems.append(f"{folder / shard['file']}: {problem}")
+    return problems
