@@ -27,7 +27,7 @@ DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha 
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset clean
+.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset bench-input clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,10 +70,15 @@ all: dataset records ## Install + the whole pipeline on RAW (the synthetic relea
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q
 
-bench: bench-dataset ## All benchmarks (speed goals; prints ratios against the old method)
+BENCH_RAW = $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
+
+bench: bench-dataset bench-input ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
 
 bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
-	$(BIN)/python benchmarks/bench_dataset.py $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
+	$(BIN)/python benchmarks/bench_dataset.py $(BENCH_RAW)
+
+bench-input: install ## tf.data pipeline vs load-everything numpy and vs the default model's training rate; RSS at 1x/4x data
+	$(BIN)/python benchmarks/bench_input.py $(BENCH_RAW)
 
 clean: ## Remove generated outputs (dataset/, raw/synthetic/); keeps raw/ downloads and .venv
 	rm -rf -- dataset/TNBC dataset/.TNBC.* $(SYNTH)

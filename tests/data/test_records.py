@@ -151,3 +151,16 @@ def test_gzip_shards_round_trip(dataset: Path, tmp_path: Path) -> None:
     build_records(dataset, tmp_path / "gz", RecordsConfig(compression="gzip"), progress=False)
     assert not verify_records(tmp_path / "gz", dataset, progress=False)
     assert tree_digest(tmp_path / "gz") != {}
+
+
+def test_records_command_builds_then_reports_up_to_date(dataset: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(dataset, tmp_path / "TNBC", ignore=shutil.ignore_patterns("tfrecords")))
+    args = ["-q", "records", "--dataset", str(data), "--shard-mb", "0.5"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "train" in first.output and (data / "tfrecords" / "index.json").exists()
+    assert read_index(data / "tfrecords")["config"]["shard_mb"] == 0.5
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0 and "up to date" in second.output
+    bad = CliRunner().invoke(main, ["records", "--dataset", str(data), "--compression", "zip"])
+    assert bad.exit_code == 2  # click refuses the choice before anything runs
