@@ -106,3 +106,27 @@ def test_a_bad_shard_is_named_or_skipped(records: Path, tmp_path: Path, caplog: 
     with caplog.at_level(logging.WARNING):
         batches = _take(copy, 2, skip_bad=True)
     assert len(batches) == 2 and f"skipping bad shard {bad}" in caplog.text
+
+
+DISTRIBUTED = """
+import sys
+from pathlib import Path
+from tnbc_pipeline.tf_env import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tnbc_pipeline.data.pipeline import make_dataset
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ds = make_dataset(Path(sys.argv[1]), "train", training=True, batch_size=4, patch=32)
+batch = next(iter(strategy.experimental_distribute_dataset(ds)))
+shapes = [tuple(t.shape) for t in strategy.experimental_local_results(batch[0])]
+print("REPLICAS", strategy.num_replicas_in_sync, shapes)
+"""
+
+
+def test_a_mirrored_strategy_splits_the_global_batch(records: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", DISTRIBUTED, str(records)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert "REPLICAS 2 [(2, 32, 32, 3), (2, 32, 32, 3)]" in out.stdout, out.stderr[-2000:]
