@@ -157,6 +157,44 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
     click.echo(f"-> {out}")
 
 
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML (configs/quick.toml, configs/tnbc.toml) or the old train_eval_infer.config (INI).")
+@click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Run folder [default: runs/<config name>].")
+@click.option("--model", "model_name", type=click.Choice(["unet", "unet_seed"]), help="Model to build.")
+@click.option("--epochs", type=int)
+@click.option("--steps-per-epoch", type=int)
+@click.option("--batch-size", type=int, help="Global batch size.")
+@click.option("--patch", type=int, help="Training crop side in pixels.")
+@click.option("--lr", type=float, help="Initial learning rate.")
+@click.option("--loss", type=click.Choice(["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]))
+@click.option("--seed", type=int)
+@click.option("--strategy", type=click.Choice(["auto", "one_device", "mirrored", "multi_worker"]))
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]))
+@click.option("--jit/--no-jit", default=None, help="XLA-compile the training step.")
+@click.option("--skip-bad-shards", is_flag=True, help="Leave out corrupted shards with a warning.")
+@click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
+@click.pass_obj
+def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | None, model_name: str | None,
+          epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
+          lr: float | None, loss: str | None, seed: int | None, strategy: str | None, precision: str | None,
+          jit: bool | None, skip_bad_shards: bool, force: bool) -> None:
+    """Train a U-Net on the shards into a run folder (resumes an interrupted run)."""
+    from tnbc_pipeline.config import load_train_config
+    from tnbc_pipeline.model.train import train as run_training
+
+    flags = {"model.name": model_name, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+             "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
+             "strategy": strategy, "precision": precision, "jit": jit}
+    cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})
+    run_dir = run_dir or Path("runs") / (config_path.stem if config_path else "default")
+    done = run_training(records, run_dir, cfg, force=force, skip_bad=skip_bad_shards, progress=obj["progress"])
+    best = done.get("best", {})
+    click.echo(f"{run_dir}: best epoch {done['best_epoch']} of {done['epochs_run']}: "
+               + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_")))
+
+
 def _later(name: str, issue: int, what: str) -> None:
     @main.command(name, help=f"{what} (not implemented yet).",
                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -164,7 +202,6 @@ def _later(name: str, issue: int, what: str) -> None:
         raise TnbcError(f"`tnbc {name}` is not implemented yet (tracked in issue {issue})")
 
 
-_later("train", 4, "Train a U-Net into a run folder")
 _later("eval", 5, "Pixel and instance metrics of a run on a split")
 _later("infer", 5, "Masks, probabilities and overlays for any folder of images")
 

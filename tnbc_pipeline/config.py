@@ -203,3 +203,80 @@ class RecordsConfig:
             raise TnbcError(f"shard_mb must be > 0, got {self.shard_mb}")
         if self.compression not in ("none", "gzip"):
             raise TnbcError(f"compression must be 'none' or 'gzip', got '{self.compression}'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which U-Net to build and its shape."""
+
+    name: str = "unet"  # unet (the default: BatchNorm, 3x3) | unet_seed (the old system's model)
+    levels: int = 5  # resolution levels; patch sides must divide by 2**(levels - 1)
+    base_filters: int = 16  # filters at level 0, doubling per level
+    kernel: int = 3  # kernel side (unet_seed: at level 0, shrinking by 2 per level to 3)
+    dilation: int = 1  # unet_seed only: dilation at level 0, falling by 1 per level to 1
+    dropout: float = 0.0  # unet: after each block's first conv; unet_seed: dropout * level
+    batch_norm: bool = True  # BatchNorm after every conv (unet_seed: the old 'normalization' flag)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("unet", "unet_seed"):
+            raise TnbcError(f"model.name must be 'unet' or 'unet_seed', got '{self.name}'")
+        if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
+        if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:
+            raise TnbcError("model: dilation must be >= 1 and dropout in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `tnbc train` needs besides the records folder and the run folder."""
+
+    seed: int = 0  # weights, data order and augmentation; same seed + data -> same weights on CPU
+    epochs: int = 40  # upper bound; EarlyStopping usually ends sooner
+    steps_per_epoch: int = 100  # training batches per epoch (the training stream is endless)
+    batch_size: int = 8  # global batch; a distribution strategy splits it across replicas
+    patch: int = 256  # training crop side (random crop + flips + rot90, on the fly)
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3  # initial learning rate
+    weight_decay: float = 1e-4  # adamw only
+    clipvalue: float = 0.3  # gradient value clipping (the old system's 0.3)
+    loss: str = "bce_dice"  # bce | dice | bce_dice | iou | bce_iou | focal | tversky
+    patience: int = 10  # EarlyStopping on val_loss (best weights restored)
+    reduce_lr_factor: float = 0.2  # ReduceLROnPlateau factor on val_loss (1.0: off)
+    reduce_lr_patience: int = 4  # epochs without improvement before the learning rate drops
+    min_lr: float = 1e-6  # floor (the old min_lr=0 let the rate decay to 2.6e-10)
+    val_batch_size: int = 2  # whole valid images per evaluation batch
+    shuffle_buffer: int = 256  # training crops in the shuffle buffer
+    epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
+    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
+    precision: str = "auto"  # auto (mixed_float16 on GPUs of compute capability >= 7) | float32 | mixed_*
+    jit: bool = False  # XLA-compile the train step (helps on GPUs; off by default since it is off on CPU)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "steps_per_epoch", "batch_size", "patch", "val_batch_size", "shuffle_buffer")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TnbcError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patch % 2 ** (self.model.levels - 1):
+            raise TnbcError(f"patch {self.patch} must divide by 2**(levels - 1) = {2 ** (self.model.levels - 1)}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise TnbcError(f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'")
+        if self.loss not in ("bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"):
+            raise TnbcError(f"loss: unknown loss '{self.loss}'")
+        if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
+            raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
+        if self.strategy not in ("auto", "one_device", "mirrored", "multi_worker"):
+            raise TnbcError(f"strategy: unknown strategy '{self.strategy}'")
+        if self.precision not in ("auto", "float32", "mixed_float16", "mixed_bfloat16"):
+            raise TnbcError(f"precision: unknown policy '{self.precision}'")
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TOML, or the old system's INI (`*.config` / `*.ini`, literals only), + dotted CLI overrides."""
+    if path is not None and Path(path).suffix in (".config", ".ini"):
+        from tnbc_pipeline.legacy_ini import read_legacy_ini
+
+        data = read_legacy_ini(Path(path))
+        from_dict(TrainConfig, data, str(path))
+        return from_dict(TrainConfig, _merge(data, overrides or {}), f"{path} + command line")
+    return load_config(TrainConfig, path, overrides)

@@ -1,6 +1,7 @@
 """U-Net builders, pure Keras 3 (no TensorFlow calls), so the model code runs on any Keras backend.
 
-`build_unet` is the project's default: 3x3 convolutions with BatchNorm and ReLU, `levels` resolution
+`build_unet_seed` is the old system's "slightly flexible" U-Net, layer for layer (see REFERENCE.md §1),
+so its configs reproduce its models and parameter counts. `build_unet` is the project's default: 3x3 convolutions with BatchNorm and ReLU, `levels` resolution
 levels with `base_filters * 2**i` filters, transposed-convolution upsampling, skip concatenations and
 a 1x1 sigmoid head. Fully convolutional: any input whose sides divide by 2**(levels - 1).
 Input: float32 RGB in [0, 1] (see `tnbc_pipeline.data.pipeline.model_input`); output: float32
@@ -12,13 +13,17 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+# Keras' default 0.99 leaves the inference statistics ~45% at their initial values after 80 steps, so
+# short CPU runs validate far worse than they train; 0.9 settles within ~30 steps.
+BN_MOMENTUM = 0.9
+
 
 def _block(x, filters: int, kernel: int, batch_norm: bool, dropout: float, name: str):
     for j in range(2):
         x = layers.Conv2D(filters, kernel, padding="same", use_bias=not batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{j}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{j}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{j}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{j}")(x)
         if j == 0 and dropout > 0:
             x = layers.Dropout(dropout, name=f"{name}_drop")(x)
@@ -39,5 +44,41 @@ def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_n
         x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
         x = _block(x, base_filters * 2**i, kernel, batch_norm, dropout, f"dec{i}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: int = 3, dilation: int = 1,
+                    dropout_rate: float = 0.05, normalization: bool = False, name: str = "unet_seed") -> keras.Model:
+    """The old "slightly flexible" U-Net. Level i: `base_filters * 2**i` filters, kernel `base_kernels`
+    shrinking by 2 per level to a floor of 3, dilation falling by 1 per level to 1; block =
+    Conv -> [BN] -> Dropout(dropout_rate * i) -> Conv -> [BN] (ReLU, he_normal, biases); max-pool between
+    levels; the decoder mirrors kernels and dilations with 2x2 transposed convolutions. Its input
+    scaling (x / 255 in a Lambda layer) is not part of the model here: `model_input` scales for all models.
+    """
+    kernels = [max(3, base_kernels - 2 * i) for i in range(num_layers)]
+    dilations = [max(1, dilation - i) for i in range(num_layers)]
+
+    def block(x, filters: int, kernel: int, rate: int, drop: float, tag: str):
+        for j in range(2):
+            x = layers.Conv2D(filters, kernel, activation="relu", kernel_initializer="he_normal",
+                              dilation_rate=rate, padding="same", name=f"{tag}_conv{j}")(x)
+            if normalization:
+                x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{tag}_bn{j}")(x)
+            if j == 0:
+                x = layers.Dropout(drop, name=f"{tag}_drop")(x)
+        return x
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x, skips = inputs, []
+    for i in range(num_layers):
+        x = block(x, base_filters * 2**i, kernels[i], dilations[i], dropout_rate * i, f"down{i}")
+        if i < num_layers - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    for f in reversed(range(num_layers - 1)):
+        x = layers.Conv2DTranspose(base_filters * 2**f, 2, strides=2, padding="same", name=f"up{f}")(x)
+        x = layers.Concatenate(name=f"skip{f}")([x, skips[f]])
+        x = block(x, base_filters * 2**f, kernels[f], dilations[f], dropout_rate * f, f"dec{f}")
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,1 @@
+"""Evaluation wing: metrics, tiled prediction, the eval and infer drivers, plots."""

@@ -1,0 +1,62 @@
+"""Keras callbacks of the trainer: best-model checkpoint (atomic, resume-aware), curves, epoch inference."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tnbc_pipeline.evaluation.plots import image_grid, plot_history, read_history
+
+
+class BestModel(keras.callbacks.Callback):
+    """Save the whole model to `path` whenever val_loss improves, via a temporary file and a rename.
+
+    The best value so far is read back from history.csv, so a resumed run keeps the earlier best.
+    """
+
+    def __init__(self, path: Path, history_csv: Path, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.path, self.monitor = Path(path), monitor
+        past = [r[monitor] for r in read_history(history_csv) if monitor in r]
+        self.best = min(past) if past and self.path.exists() else math.inf
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best = float(value)
+            tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+
+
+class Curves(keras.callbacks.Callback):
+    """Redraw train_losses.png and train_metrics.png from history.csv after every epoch."""
+
+    def __init__(self, history_csv: Path, out_dir: Path) -> None:
+        super().__init__()
+        self.history_csv, self.out_dir = Path(history_csv), Path(out_dir)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        plot_history(read_history(self.history_csv), self.out_dir)
+
+
+class EpochInference(keras.callbacks.Callback):
+    """The old EpochChangeInferencer: after each epoch, image | truth | prediction for fixed valid images,
+    saved as `out_dir/epoch_{NNN}.png`. images: float32 (N, H, W, 3) in [0, 1]; masks: (N, H, W, 1)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, keys: list[str], out_dir: Path) -> None:
+        super().__init__()
+        self.images, self.masks, self.keys, self.out_dir = images, masks, keys, Path(out_dir)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not len(self.images):
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        pred = self.model.predict(self.images, batch_size=1, verbose=0)
+        rows = [[img, msk, p] for img, msk, p in zip(self.images, self.masks, pred)]
+        image_grid(rows, ["image", "truth", f"prediction (epoch {epoch + 1})"], self.out_dir / f"epoch_{epoch + 1:03d}.png",
+                   row_labels=self.keys)

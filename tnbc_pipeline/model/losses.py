@@ -1,0 +1,90 @@
+"""Losses and metrics for binary nuclei masks, in keras.ops (any backend), registered as 'tnbc>name'.
+
+Tensors: y_true float32 in {0, 1} and y_pred float32 probabilities, both (B, H, W, 1). Dice and IoU
+are computed per image and averaged over the batch, with smoothing 1 (as the old system's dice_coef),
+so an empty image predicted empty scores 1.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+SMOOTH = 1.0
+register = keras.saving.register_keras_serializable(package="tnbc")
+
+
+def _sums(y_true, y_pred):
+    y_true = ops.cast(y_true, y_pred.dtype)
+    axes = tuple(range(1, len(y_pred.shape)))
+    inter = ops.sum(y_true * y_pred, axis=axes)
+    return inter, ops.sum(y_true, axis=axes), ops.sum(y_pred, axis=axes)
+
+
+@register
+def dice_coef(y_true, y_pred):
+    """Soft Dice per image, mean over the batch: (2|P.G| + 1) / (|P| + |G| + 1)."""
+    inter, t, p = _sums(y_true, y_pred)
+    return ops.mean((2 * inter + SMOOTH) / (t + p + SMOOTH))
+
+
+@register
+def iou_coef(y_true, y_pred):
+    """Soft IoU (Jaccard) per image, mean over the batch: (|P.G| + 1) / (|P| + |G| - |P.G| + 1)."""
+    inter, t, p = _sums(y_true, y_pred)
+    return ops.mean((inter + SMOOTH) / (t + p - inter + SMOOTH))
+
+
+@register
+def bce(y_true, y_pred):
+    """Binary cross-entropy, mean over pixels and batch."""
+    return ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
+
+
+@register
+def dice_loss(y_true, y_pred):
+    return 1 - dice_coef(y_true, y_pred)
+
+
+@register
+def iou_loss(y_true, y_pred):
+    return 1 - iou_coef(y_true, y_pred)
+
+
+@register
+def bce_dice_loss(y_true, y_pred):
+    """The old system's default: (BCE + (1 - dice)) / 2."""
+    return (bce(y_true, y_pred) + dice_loss(y_true, y_pred)) / 2
+
+
+@register
+def bce_iou_loss(y_true, y_pred):
+    return (bce(y_true, y_pred) + iou_loss(y_true, y_pred)) / 2
+
+
+@register
+def focal_loss(y_true, y_pred, gamma: float = 2.0, alpha: float = 0.25):
+    """Binary focal loss (Lin et al. 2017): down-weights easy pixels, mostly background here."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
+    pt = y_true * p + (1 - y_true) * (1 - p)
+    at = y_true * alpha + (1 - y_true) * (1 - alpha)
+    return ops.mean(-at * (1 - pt) ** gamma * ops.log(pt))
+
+
+@register
+def tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7):
+    """1 - Tversky index; beta > alpha weighs missed nuclei (FN) over false alarms (FP)."""
+    inter, t, p = _sums(y_true, y_pred)
+    fn, fp = t - inter, p - inter
+    return 1 - ops.mean((inter + SMOOTH) / (inter + alpha * fp + beta * fn + SMOOTH))
+
+
+LOSSES = {"bce": bce, "dice": dice_loss, "bce_dice": bce_dice_loss, "iou": iou_loss, "bce_iou": bce_iou_loss,
+          "focal": focal_loss, "tversky": tversky_loss}
+
+
+def metrics() -> list:
+    """Fresh metric objects for compile(): dice, iou, binary accuracy, precision, recall."""
+    return [dice_coef, iou_coef, keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+            keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")]
