@@ -68,6 +68,14 @@ def test_crop_flip_rot_keep_image_and_mask_aligned(mask_records: Path) -> None:
     assert sum(float(y.mean()) for _, y in batches) > 0  # nuclei were actually in the crops
 
 
+def test_patches_larger_than_the_image_are_reflect_padded(mask_records: Path) -> None:
+    from tnbc_pipeline.data.pipeline import make_dataset
+
+    x, y = next(iter(make_dataset(mask_records, "train", training=True, batch_size=2, patch=128)))
+    assert x.shape == (2, 128, 128, 3)  # the images are 96 px
+    assert np.array_equal(np.round(x.numpy() * 255), np.repeat(y.numpy() * 255, 3, axis=-1))
+
+
 def test_augment_pair_covers_the_eight_symmetries() -> None:
     from tnbc_pipeline.data.pipeline import augment_pair
     from tnbc_pipeline.tf_env import tf

@@ -71,6 +71,10 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int)
     """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint8 (H, W, 1) as ONE tensor,
     so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,)."""
     both = tf.concat([image, mask], axis=-1)
+    # Images smaller than the patch (e.g. the old 640 config on 512 tiles) are reflect-padded first.
+    short = tf.maximum(patch - tf.shape(both)[:2], 0)
+    both = tf.pad(both, [[short[0] // 2, short[0] - short[0] // 2], [short[1] // 2, short[1] - short[1] // 2], [0, 0]],
+                  mode="REFLECT")
     crop_seed, flip_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     both = tf.image.stateless_random_crop(both, [patch, patch, 4], crop_seed)
     both = tf.image.stateless_random_flip_left_right(both, flip_seed)

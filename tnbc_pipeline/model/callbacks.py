@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from tnbc_pipeline.evaluation.plots import image_grid, plot_history, read_history
+from tnbc_pipeline.io import recover_dir, replace_dir, staging_dir
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, with its state (weights + epoch) replaced as one unit.
+
+    Keras writes `latest.weights.h5` and `training_metadata.json` in place, so a kill during the write
+    leaves a backup that cannot be loaded (seen in our SIGKILL test). Here both go to a staging folder
+    that is swapped in with renames; a kill leaves the previous state, which the next run restores.
+    Overrides Keras' private `_save_model` / `_load_model` (Keras 3.x).
+    """
+
+    def __init__(self, backup_dir: Path) -> None:
+        super().__init__(str(backup_dir))
+        self._state = Path(backup_dir) / "state"
+        self._weights_path = str(self._state / "latest.weights.h5")
+        self._training_metadata_path = str(self._state / "training_metadata.json")
+
+    def _load_model(self) -> None:
+        recover_dir(self._state)
+        super()._load_model()
+
+    def _save_model(self) -> None:
+        staging = staging_dir(self._state)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.model.save_weights(str(staging / "latest.weights.h5"))
+        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        (staging / "training_metadata.json").write_text(json.dumps(meta))
+        replace_dir(self._state, staging, keep=lambda name: False)
 
 
 class BestModel(keras.callbacks.Callback):

@@ -2,7 +2,7 @@
 
     runs/NAME/config.json      resolved TrainConfig + records folder, its manifest hash, tool version
               model.keras      the best model so far (val_loss), written atomically
-              backup/          Keras BackupAndRestore state: a killed run resumes from its last epoch
+              backup/          BackupAndRestore state, replaced atomically: a killed run resumes from its last epoch
               history.csv      one row per epoch (loss, metrics, val_*, learning rate)
               train_losses.png, train_metrics.png     curves, redrawn every epoch
               epoch_infer/epoch_NNN.png               image | truth | prediction for fixed valid images
@@ -122,7 +122,7 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     import keras
 
     from tnbc_pipeline.data.pipeline import make_dataset
-    from tnbc_pipeline.model.callbacks import BestModel, Curves, EpochInference
+    from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
     records, run_dir = Path(records), Path(run_dir)
     index = read_index(records)
@@ -147,7 +147,7 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     history_csv = run_dir / "history.csv"
     callbacks = [
         keras.callbacks.CSVLogger(str(history_csv), append=True),  # before the backup: a kill between the
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),  # two repeats a row rather than losing one
+        AtomicBackupAndRestore(run_dir / "backup"),  # two repeats a row rather than losing one
         BestModel(run_dir / "model.keras", history_csv),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
@@ -163,7 +163,8 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     start = time.perf_counter()
     n_valid = sum(s["records"] for s in index["shards"] if s["split"] == "valid")
     fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, validation_data=valid_ds,
-                    validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, verbose=1 if progress else 2)
+                    validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
+                    verbose=1 if progress else 2)
     seconds = time.perf_counter() - start
     from tnbc_pipeline.evaluation.plots import read_history
 

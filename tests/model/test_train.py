@@ -1,0 +1,166 @@
+"""The trainer end to end on tiny synthetic records: the run folder, resume after SIGKILL,
+determinism, refusing to retrain or mix runs, and MirroredStrategy on two logical CPUs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tnbc_pipeline.config import AugmentConfig, DatasetConfig, ModelConfig, RecordsConfig, TrainConfig
+from tnbc_pipeline.data.dataset import build_dataset
+from tnbc_pipeline.data.records import build_records
+from tnbc_pipeline.errors import TnbcError
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=4, patch=32, val_batch_size=4, epoch_infer=2,
+                   shuffle_buffer=16, model=ModelConfig(levels=3, base_filters=4))
+TINY_TOML = """epochs = {epochs}\nsteps_per_epoch = {steps}\nbatch_size = 4\npatch = {patch}\nval_batch_size = 4
+epoch_infer = 1\nshuffle_buffer = 16\n[model]\nlevels = 3\nbase_filters = 4\n"""
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory, release_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("train") / "TNBC"
+    cfg = DatasetConfig(augment=AugmentConfig(rotations=(90.0,), alpha=(110.0,), sigma=(8.0,), distort=(), shrink=()))
+    build_dataset(release_root, out, cfg, workers=1, progress=False)
+    build_records(out, None, RecordsConfig(shard_mb=0.5), progress=False)
+    return out / "tfrecords"
+
+
+def _train(records: Path, run: Path, cfg: TrainConfig = TINY, **kw) -> dict:
+    from tnbc_pipeline.model.train import train
+
+    return train(records, run, cfg, progress=False, **kw)
+
+
+def _weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    from tnbc_pipeline.model import losses  # noqa: F401 - registers the custom objects
+
+    return keras.saving.load_model(run / "model.keras", safe_mode=True).get_weights()
+
+
+def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = _train(records, run)
+    for name in ("config.json", "model.keras", "history.csv", "train_losses.png", "train_metrics.png", "done.json",
+                 "epoch_infer/epoch_001.png", "epoch_infer/epoch_002.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert not (run / "backup").exists()  # BackupAndRestore clears its state when the run completes
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"] == dataclasses.asdict(TINY)
+    assert config["records_manifest_sha256"] == json.loads((records / "index.json").read_text())["manifest_sha256"]
+    lines = (run / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]
+    assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == "float32"
+    assert 0 <= done["best"]["val_dice_coef"] <= 1
+    import keras
+
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    assert model.predict(np.zeros((1, 96, 96, 3), np.float32), verbose=0).shape == (1, 96, 96, 1)
+
+
+def test_a_finished_run_is_not_retrained_unless_forced(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(records, run)
+    stamp = (run / "model.keras").stat().st_mtime_ns
+    _train(records, run)
+    assert (run / "model.keras").stat().st_mtime_ns == stamp
+    (run / "notes.txt").write_text("mine")
+    _train(records, run, force=True)
+    assert (run / "model.keras").stat().st_mtime_ns != stamp and (run / "notes.txt").read_text() == "mine"
+
+
+def test_an_unfinished_run_with_other_settings_is_refused(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config_hash": "other", "records": str(records.resolve())}))
+    with pytest.raises(TnbcError, match="holds an unfinished run with other settings"):
+        _train(records, run)
+
+
+def test_same_seed_same_weights(records: Path, tmp_path: Path) -> None:
+    _train(records, tmp_path / "a")
+    _train(records, tmp_path / "b")
+    _train(records, tmp_path / "c", dataclasses.replace(TINY, seed=1))
+    a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def _history_rows(path: Path) -> int:
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def test_sigkill_then_rerun_resumes_from_the_last_epoch(records: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=6, steps=25, patch=64))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tnbc_pipeline", "-q", "train", "--config", str(config), "--records", str(records),
+           "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _history_rows(run / "history.csv") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (run / "done.json").exists() and (run / "backup").exists()
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    done = json.loads((run / "done.json").read_text())
+    assert done["epochs_run"] == 6 and done["epochs_this_session"] <= 5  # continued, not restarted from zero
+    from tnbc_pipeline.evaluation.plots import read_history
+
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == list(range(6))
+
+
+MIRRORED = """
+import json, sys
+from pathlib import Path
+from tnbc_pipeline.tf_env import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tnbc_pipeline.config import ModelConfig, TrainConfig
+from tnbc_pipeline.model.train import train
+cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, patch=32, val_batch_size=4, epoch_infer=0,
+                  shuffle_buffer=16, strategy="mirrored", model=ModelConfig(levels=3, base_filters=4))
+print("DONE", json.dumps(train(Path(sys.argv[1]), Path(sys.argv[2]), cfg, progress=False)))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(records: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", MIRRORED, str(records), str(tmp_path / "run")], cwd=ROOT,
+                         capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("DONE ")), None)
+    assert line, out.stderr[-3000:]
+    done = json.loads(line[5:])
+    assert done["replicas"] == 2 and done["epochs_run"] == 1 and (tmp_path / "run" / "model.keras").exists()
+
+
+def test_train_command_with_flags(records: Path, tmp_path: Path) -> None:
+    from tnbc_pipeline.cli import main
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(epochs=3, steps=1, patch=32))
+    args = ["-q", "train", "--config", str(config), "--records", str(records), "--run-dir", str(tmp_path / "r"),
+            "--epochs", "1", "--loss", "tversky", "--seed", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert (saved["epochs"], saved["loss"], saved["seed"], saved["steps_per_epoch"]) == (1, "tversky", 3, 1)
+    assert "best epoch 1 of 1" in result.output
