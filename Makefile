@@ -21,13 +21,16 @@ FOLD    ?=
 WORKERS ?=
 FORCE   ?=
 SHARD_MB ?=
+TRAIN_CONFIG ?= configs/quick.toml
+RUN     ?= runs/$(basename $(notdir $(TRAIN_CONFIG)))
+EPOCHS  ?=
 COMPRESSION ?=
 
 DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha $(a)) \
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset bench-input clean
+.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset bench-input bench-train clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,8 +59,9 @@ records: install ## TFRecord shards + index.json from OUT (rebuilt only when the
 verify-records: install ## Re-hash every shard and parse every record
 	$(TNBC) records --dataset $(OUT) --verify
 
-train: install ## Train a U-Net (not implemented yet: issue 4)
-	$(TNBC) train
+train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EPOCHS= SEED= FORCE=1
+	$(TNBC) train --config $(TRAIN_CONFIG) --records $(OUT)/tfrecords --run-dir $(RUN) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
 eval: install ## Evaluate a run (not implemented yet: issue 5)
 	$(TNBC) eval
@@ -65,20 +69,23 @@ eval: install ## Evaluate a run (not implemented yet: issue 5)
 infer: install ## Predict masks for a folder of images (not implemented yet: issue 5)
 	$(TNBC) infer
 
-all: dataset records ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
+all: dataset records train ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q
 
 BENCH_RAW = $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
 
-bench: bench-dataset bench-input ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
+bench: bench-dataset bench-input bench-train ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
 
 bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
 	$(BIN)/python benchmarks/bench_dataset.py $(BENCH_RAW)
 
+bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, unet and the old TNBC model; 1x/4x data
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_RAW)
+
 bench-input: install ## tf.data pipeline vs load-everything numpy and vs the default model's training rate; RSS at 1x/4x data
 	$(BIN)/python benchmarks/bench_input.py $(BENCH_RAW)
 
-clean: ## Remove generated outputs (dataset/, raw/synthetic/); keeps raw/ downloads and .venv
+clean: ## Remove generated outputs (dataset/TNBC, raw/synthetic/); keeps raw/ downloads, runs/ and .venv
 	rm -rf -- dataset/TNBC dataset/.TNBC.* $(SYNTH)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,11 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import child, load_split_arrays, prepare, replicate, rss_mb  # noqa: E402
+
 BATCH, PATCH = 8, 256
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_pipeline(records: Path, batches: int) -> dict:
@@ -45,27 +41,19 @@ def child_pipeline(records: Path, batches: int) -> dict:
     for _ in range(batches):
         next(it)
     return {"images_per_s": batches * BATCH / (time.perf_counter() - start), "first_batch_s": first,
-            "peak_rss_mb": _rss_mb()}
+            "peak_rss_mb": rss_mb()}
 
 
 def child_old(dataset: Path, copies: int) -> dict:
-    import cv2
     import numpy as np
 
-    items = [it for it in json.loads((dataset / "manifest.json").read_text())["items"] if it["split"] == "train"]
-    n = len(items) * copies
     start = time.perf_counter()
-    first = cv2.imread(str(dataset / items[0]["image"]))
-    images = np.zeros((n, *first.shape), np.uint8)
-    masks = np.zeros((n, *first.shape[:2], 1), bool)
-    for c in range(copies):
-        for i, it in enumerate(items):
-            images[c * len(items) + i] = cv2.imread(str(dataset / it["image"]))[:, :, ::-1]
-            masks[c * len(items) + i, ..., 0] = cv2.imread(str(dataset / it["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+    images, masks = load_split_arrays(dataset, "train", copies)
+    n = len(images)
     load = time.perf_counter() - start
     rng = np.random.default_rng(0)
     order = rng.permutation(n)
-    h, w = first.shape[:2]
+    h, w = images.shape[1:3]
     for b in range(0, n - BATCH + 1, BATCH):
         idx = np.sort(order[b : b + BATCH])
         y0, x0 = rng.integers(0, h - PATCH + 1), rng.integers(0, w - PATCH + 1)
@@ -73,9 +61,10 @@ def child_old(dataset: Path, copies: int) -> dict:
         y = masks[idx, y0 : y0 + PATCH, x0 : x0 + PATCH].astype(np.float32)
         if rng.random() < 0.5:
             x, y = x[:, :, ::-1], y[:, :, ::-1]
-        x, y = np.ascontiguousarray(np.rot90(x, rng.integers(4), (1, 2))), np.rot90(y, 0, (1, 2))
+        k = rng.integers(4)
+        x, y = np.ascontiguousarray(np.rot90(x, k, (1, 2))), np.ascontiguousarray(np.rot90(y, k, (1, 2)))
     total = time.perf_counter() - start
-    return {"images_per_s": n / total, "load_s": load, "epoch_s": total, "peak_rss_mb": _rss_mb()}
+    return {"images_per_s": n / total, "load_s": load, "epoch_s": total, "peak_rss_mb": rss_mb()}
 
 
 def child_model(steps: int) -> dict:
@@ -94,28 +83,7 @@ def child_model(steps: int) -> dict:
     start = time.perf_counter()
     for _ in range(steps):
         model.train_on_batch(x, y)
-    return {"images_per_s": steps * BATCH / (time.perf_counter() - start), "peak_rss_mb": _rss_mb()}
-
-
-def _child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"benchmark child {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _replicate(records: Path, copies: int, dest: Path) -> Path:
-    """A records folder listing every train shard `copies` times (hard links): copies x the data."""
-    index = json.loads((records / "index.json").read_text())
-    dest.mkdir(parents=True)
-    shards = []
-    for shard in index["shards"]:
-        for c in range(copies if shard["split"] == "train" else 1):
-            name = f"copy{c}-{shard['file']}"
-            os.link(records / shard["file"], dest / name)
-            shards.append({**shard, "file": name})
-    (dest / "index.json").write_text(json.dumps({**index, "shards": shards}))
-    return dest
+    return {"images_per_s": steps * BATCH / (time.perf_counter() - start), "peak_rss_mb": rss_mb()}
 
 
 def main() -> None:
@@ -132,25 +100,17 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from tnbc_pipeline.config import DatasetConfig, RecordsConfig
-    from tnbc_pipeline.data.dataset import build_dataset
-    from tnbc_pipeline.data.records import build_records
-    from tnbc_pipeline.data.synth import write_release
-
     with tempfile.TemporaryDirectory(prefix="tnbc-bench-input-") as tmp:
         tmp = Path(tmp)
-        raw = args.raw or write_release(tmp / "raw", seed=0, size=512)
-        dataset = tmp / "TNBC"
-        build_dataset(raw, dataset, DatasetConfig(), progress=False)
-        build_records(dataset, None, RecordsConfig(), progress=False)
-        records4 = _replicate(dataset / "tfrecords", 4, tmp / "tfrecords4")
+        raw, dataset = prepare(args.raw, tmp)
+        records4 = replicate(dataset / "tfrecords", 4, tmp / "tfrecords4")
         print(f"release: {raw}; train split of the default dataset; batch {BATCH}, {PATCH}x{PATCH}; "
               f"{os.cpu_count()} cores")
-        pipe1 = _child("pipeline", str(dataset / "tfrecords"), str(args.batches))
-        pipe4 = _child("pipeline", str(records4), str(args.batches))
-        old1 = _child("old", str(dataset), "1")
-        old4 = _child("old", str(dataset), "4")
-        model = _child("model", "5")
+        pipe1 = child(__file__, "pipeline", str(dataset / "tfrecords"), str(args.batches))
+        pipe4 = child(__file__, "pipeline", str(records4), str(args.batches))
+        old1 = child(__file__, "old", str(dataset), "1")
+        old4 = child(__file__, "old", str(dataset), "4")
+        model = child(__file__, "model", "5")
 
     print(f"\n{'measurement':<44} {'images/s':>9} {'peak RSS MB':>12}")
     rows = [("tf.data pipeline, 1x data", pipe1), ("tf.data pipeline, 4x data", pipe4),

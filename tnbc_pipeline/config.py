@@ -245,6 +245,7 @@ class TrainConfig:
     reduce_lr_patience: int = 4  # epochs without improvement before the learning rate drops
     min_lr: float = 1e-6  # floor (the old min_lr=0 let the rate decay to 2.6e-10)
     val_batch_size: int = 2  # whole valid images per evaluation batch
+    val_ops: tuple[str, ...] = ("original",)  # ops of the valid split validated each epoch (empty: all)
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: str = "auto"  # auto | one_device | mirrored | multi_worker

@@ -138,3 +138,13 @@ def test_a_mirrored_strategy_splits_the_global_batch(records: Path) -> None:
     out = subprocess.run([sys.executable, "-c", DISTRIBUTED, str(records)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert "REPLICAS 2 [(2, 32, 32, 3), (2, 32, 32, 3)]" in out.stdout, out.stderr[-2000:]
+
+
+def test_eval_mode_can_keep_only_some_ops(records: Path) -> None:
+    from tnbc_pipeline.data.pipeline import make_dataset
+
+    ops = [o.decode() for b in make_dataset(records, "valid", training=False, batch_size=4, ops=("original",))
+           for o in b["op"].numpy()]
+    everything = [o.decode() for b in make_dataset(records, "valid", training=False, batch_size=4)
+                  for o in b["op"].numpy()]
+    assert ops and set(ops) == {"original"} and len(ops) == everything.count("original") < len(everything)

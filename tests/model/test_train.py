@@ -59,7 +59,7 @@ def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert not (run / "backup").exists()  # BackupAndRestore clears its state when the run completes
     config = json.loads((run / "config.json").read_text())
-    assert config["config"] == dataclasses.asdict(TINY)
+    assert config["config"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
     assert config["records_manifest_sha256"] == json.loads((records / "index.json").read_text())["manifest_sha256"]
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]

@@ -83,13 +83,14 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int)
 
 
 def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
-                 seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False) -> tf.data.Dataset:
+                 seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
+                 ops: tuple[str, ...] = ()) -> tf.data.Dataset:
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
     (B, patch, patch, 1)) batches, deterministic for a given seed.
-    training=False: one pass of {'image', 'mask', 'key', 'patient'} whole images, batched by
-    `batch_size` (images of one batch must share a size).
+    training=False: one pass of {'image', 'mask', 'key', 'patient', 'op'} whole images, batched by
+    `batch_size` (images of one batch must share a size); `ops` keeps only items of those ops.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
     from tnbc_pipeline.data.schema import parse_example
@@ -112,7 +113,9 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
         ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
         ds = ds.map(lambda x, y: (model_input(x), model_target(y)), num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
+        if ops:
+            ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["op"], tf.constant(list(ops)))))
         ds = ds.map(lambda ex: {"image": model_input(ex["image"]), "mask": model_target(ex["mask"]),
-                                "key": ex["key"], "patient": ex["patient"]},
+                                "key": ex["key"], "patient": ex["patient"], "op": ex["op"]},
                     num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
     return ds.prefetch(AUTOTUNE).with_options(options)

@@ -138,7 +138,11 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     strategy = make_strategy(cfg.strategy)
     train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
                             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad)
-    valid_ds = make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size, skip_bad=skip_bad)
+    valid_ds = make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size, skip_bad=skip_bad,
+                            ops=cfg.val_ops)
+    n_valid = sum(int(b["key"].shape[0]) for b in valid_ds)  # Keras warns on a finite set of unknown size
+    if n_valid == 0:
+        raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
     valid_ds = valid_ds.map(lambda b: (b["image"], b["mask"]))
     with strategy.scope():
         model = build_model(cfg)
@@ -161,7 +165,6 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
 
     start = time.perf_counter()
-    n_valid = sum(s["records"] for s in index["shards"] if s["split"] == "valid")
     fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, validation_data=valid_ds,
                     validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
                     verbose=1 if progress else 2)
