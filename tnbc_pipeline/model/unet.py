@@ -10,6 +10,8 @@ nucleus probability (B, H, W, 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 from keras import layers
 
@@ -30,22 +32,29 @@ def _block(x, filters: int, kernel: int, batch_norm: bool, dropout: float, name:
     return x
 
 
-def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_norm: bool = True,
-               dropout: float = 0.0, name: str = "unet") -> keras.Model:
-    """The default U-Net; see the module docstring. Output layer kept float32 (mixed precision safe)."""
+def _assemble(levels: int, base_filters: int, block: Callable, name: str) -> keras.Model:
+    """The U shape both models share: `block(x, filters, level, tag)` per level on the way down (max-pool
+    between levels) and up (2x2 transposed conv, skip concatenation), then a float32 1x1 sigmoid head."""
     inputs = keras.Input((None, None, 3), name="image")
     x, skips = inputs, []
     for i in range(levels):
-        x = _block(x, base_filters * 2**i, kernel, batch_norm, dropout, f"down{i}")
+        x = block(x, base_filters * 2**i, i, f"down{i}")
         if i < levels - 1:
             skips.append(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     for i in reversed(range(levels - 1)):
         x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
-        x = _block(x, base_filters * 2**i, kernel, batch_norm, dropout, f"dec{i}")
+        x = block(x, base_filters * 2**i, i, f"dec{i}")
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_norm: bool = True,
+               dropout: float = 0.0, name: str = "unet") -> keras.Model:
+    """The default U-Net; see the module docstring."""
+    return _assemble(levels, base_filters,
+                     lambda x, filters, level, tag: _block(x, filters, kernel, batch_norm, dropout, tag), name)
 
 
 def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: int = 3, dilation: int = 1,
@@ -69,16 +78,6 @@ def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: i
                 x = layers.Dropout(drop, name=f"{tag}_drop")(x)
         return x
 
-    inputs = keras.Input((None, None, 3), name="image")
-    x, skips = inputs, []
-    for i in range(num_layers):
-        x = block(x, base_filters * 2**i, kernels[i], dilations[i], dropout_rate * i, f"down{i}")
-        if i < num_layers - 1:
-            skips.append(x)
-            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    for f in reversed(range(num_layers - 1)):
-        x = layers.Conv2DTranspose(base_filters * 2**f, 2, strides=2, padding="same", name=f"up{f}")(x)
-        x = layers.Concatenate(name=f"skip{f}")([x, skips[f]])
-        x = block(x, base_filters * 2**f, kernels[f], dilations[f], dropout_rate * f, f"dec{f}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return _assemble(num_layers, base_filters,
+                     lambda x, filters, level, tag: block(x, filters, kernels[level], dilations[level],
+                                                          dropout_rate * level, tag), name)
