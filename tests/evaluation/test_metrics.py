@@ -63,7 +63,7 @@ def test_empty_images() -> None:
 def test_split_touching_separates_two_overlapping_disks() -> None:
     mask = _disk((60, 80), 30, 25, 12) | _disk((60, 80), 30, 48, 12)
     assert label_instances(mask).max() == 1
-    labels = split_touching(mask)
+    labels = split_touching(mask, min_distance=3)
     assert labels.max() == 2 and ((labels > 0) == mask).all()
     truth = np.zeros_like(labels)
     truth[_disk((60, 80), 30, 25, 12)] = 1

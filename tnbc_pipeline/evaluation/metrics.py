@@ -35,7 +35,7 @@ def label_instances(mask: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def split_touching(mask: np.ndarray, min_distance: int = 3) -> np.ndarray:
+def split_touching(mask: np.ndarray, min_distance: int = 7) -> np.ndarray:
     """Binary prediction -> int32 labels with touching nuclei split: a watershed of the negated distance
     transform from one marker per distance peak at least `min_distance` pixels apart (scikit-image)."""
     from skimage.feature import peak_local_max
@@ -116,8 +116,8 @@ def _greedy_unique(iou: np.ndarray, threshold: float) -> np.ndarray:
     return matched
 
 
-def image_metrics(truth: np.ndarray, pred: np.ndarray, split: bool = False) -> dict[str, float]:
+def image_metrics(truth: np.ndarray, pred: np.ndarray, split: bool = False, min_distance: int = 7) -> dict[str, float]:
     """Every metric of one image: binary truth and prediction (H, W); `split` separates touching
-    predicted nuclei before the instance metrics."""
-    pred_labels = split_touching(pred) if split else label_instances(pred)
+    predicted nuclei (peaks at least `min_distance` apart) before the instance metrics."""
+    pred_labels = split_touching(pred, min_distance) if split else label_instances(pred)
     return {**pixel_metrics(truth, pred), **instance_metrics(label_instances(truth), pred_labels)}
