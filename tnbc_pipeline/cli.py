@@ -195,15 +195,54 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
                + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_")))
 
 
-def _later(name: str, issue: int, what: str) -> None:
-    @main.command(name, help=f"{what} (not implemented yet).",
-                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def command() -> None:
-        raise TnbcError(f"`tnbc {name}` is not implemented yet (tracked in issue {issue})")
+@main.command("eval")
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
+@click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Probability threshold [default: chosen on valid, saved as RUN/threshold.json].")
+@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (watershed) first.")
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
+@click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
+@click.pass_obj
+def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
+                     split_touching: bool, tta: bool, all_ops: bool) -> None:
+    """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
+    from tnbc_pipeline.evaluation.evaluate import evaluate
+
+    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, progress=obj["progress"])
+    means = summary["mean_over_images"]
+    click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
+               f"threshold {summary['threshold']:.2f}")
+    click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))
+    click.echo(f"-> {run_dir / ('eval_' + split)}")
 
 
-_later("eval", 5, "Pixel and instance metrics of a run on a split")
-_later("infer", 5, "Masks, probabilities and overlays for any folder of images")
+@main.command()
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images (any size).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--masks", type=click.Path(path_type=Path), help="Truth masks (same stems): adds metrics.csv + comparison.png.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Probability threshold [default: RUN/threshold.json, else 0.5].")
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
+@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei in the metrics.")
+@click.pass_obj
+def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
+          tta: bool, split_touching: bool) -> None:
+    """Masks, probabilities and overlays for any folder of images."""
+    from tnbc_pipeline.evaluation.infer import infer as run_infer
+
+    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, progress=obj["progress"])
+    if rows:
+        click.echo("  ".join(f"{k} {_mean([r[k] for r in rows]):.4f}" for k in ("dice", "aji", "f1", "pq")))
+    click.echo(f"-> {out}")
+
+
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""The eval stage: a run's model on a split of the records -> pixel and instance metrics.
+
+    runs/NAME/threshold.json          the probability threshold, chosen on the valid split (max mean Dice)
+    runs/NAME/eval_{split}/per_image.csv      every metric per image, with key, patient and op
+                          per_patient.csv     means per patient (the unit the split is made of)
+                          summary.json        means over images and over patients, threshold, settings
+                          evaluation.csv      the old system's format (loss, binary_accuracy) + dice, iou, aji, f1, pq
+                          comparison.png      image | truth | prediction for the best and worst images by AJI
+
+Only original (un-augmented) images are scored unless asked: metrics of augmented copies are not new
+evidence. Images larger than the training patch are predicted in Gaussian-blended tiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics
+from tnbc_pipeline.evaluation.tiling import predict_image
+from tnbc_pipeline.io import atomic_write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
+METRICS = ("dice", "iou", "precision", "recall", "accuracy", "aji", "f1", "pq", "dq", "sq", "bce")
+
+
+class RunModel:
+    """A trained run: its model (loaded with safe_mode=True) and how to call it on one image."""
+
+    def __init__(self, run_dir: Path, tta: bool = False) -> None:
+        import keras
+
+        from tnbc_pipeline.model import losses  # noqa: F401 - registers the custom objects
+        from tnbc_pipeline.tf_env import tf  # noqa: F401 - Keras' TensorFlow backend
+
+        self.run_dir, self.tta = Path(run_dir), tta
+        path = self.run_dir / "model.keras"
+        if not path.is_file():
+            raise TnbcError(f"{self.run_dir}: no model.keras (train the run first)")
+        try:
+            self.model = keras.saving.load_model(path, safe_mode=True)
+        except Exception as exc:  # Keras raises bare ValueError/TypeError for unsafe or broken files
+            raise TnbcError(f"{path}: cannot load the model safely ({str(exc).splitlines()[0][:200]})") from exc
+        config = json.loads((self.run_dir / "config.json").read_text())["config"]
+        self.patch = int(config["patch"])
+        self.multiple = 2 ** (int(config["model"]["levels"]) - 1)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """float32 (H, W, 3) in [0, 1] -> float32 (H, W) nucleus probability."""
+        tile = self.patch if max(image.shape[:2]) > self.patch else None
+        return predict_image(lambda b: np.asarray(self.model.predict_on_batch(b)), image, tile=tile,
+                             multiple=self.multiple, tta=self.tta)
+
+    def threshold(self) -> float:
+        path = self.run_dir / "threshold.json"
+        return float(json.loads(path.read_text())["threshold"]) if path.exists() else 0.5
+
+
+def _examples(records: Path, split: str, all_ops: bool):
+    from tnbc_pipeline.data.pipeline import make_dataset
+
+    ds = make_dataset(records, split, training=False, batch_size=1, ops=() if all_ops else ("original",))
+    for batch in ds:
+        yield (batch["image"].numpy()[0], batch["mask"].numpy()[0, ..., 0] > 0.5,
+               batch["key"].numpy()[0].decode(), batch["patient"].numpy()[0].decode(), batch["op"].numpy()[0].decode())
+
+
+def choose_threshold(run: RunModel, records: Path, progress: bool = True) -> dict[str, Any]:
+    """Pick the threshold of highest mean pixel Dice on the valid originals; save threshold.json."""
+    probs = [(run.probabilities(img), truth) for img, truth, *_ in
+             tqdm(list(_examples(records, "valid", False)), desc="threshold", disable=not progress)]
+    if not probs:
+        raise TnbcError(f"{records}: the valid split has no original images to choose a threshold on")
+    scores = {t: float(np.mean([pixel_metrics(truth, p > t)["dice"] for p, truth in probs])) for t in THRESHOLDS}
+    best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
+    result = {"threshold": best, "chosen_on": "valid", "criterion": "mean pixel dice", "images": len(probs),
+              "scores": {f"{t:.2f}": round(s, 4) for t, s in scores.items()}}
+    write_json(run.run_dir / "threshold.json", result)
+    return result
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _bce(truth: np.ndarray, prob: np.ndarray) -> float:
+    p = np.clip(prob, 1e-7, 1 - 1e-7)
+    return float(-np.mean(np.where(truth, np.log(p), np.log(1 - p))))
+
+
+def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float | None = None,
+             split_touching: bool = False, tta: bool = False, all_ops: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Score the run on `split`; write eval_{split}/ (see the module docstring); return summary.json."""
+    from tnbc_pipeline.evaluation.plots import image_grid
+
+    run = RunModel(run_dir, tta=tta)
+    source = "given"
+    if threshold is None:
+        if not (run.run_dir / "threshold.json").exists():
+            choose_threshold(run, records, progress)
+        threshold, source = run.threshold(), "threshold.json (chosen on valid)"
+    rows, shown = [], []
+    for image, truth, key, patient, op in tqdm(list(_examples(records, split, all_ops)), desc=f"eval {split}",
+                                               disable=not progress):
+        prob = run.probabilities(image)
+        m = image_metrics(truth, prob > threshold, split=split_touching)
+        rows.append({"key": key, "patient": patient, "op": op, **{k: round(float(m[k]), 5) for k in METRICS[:-1]},
+                     "bce": round(_bce(truth, prob), 5), **{k: m[k] for k in ("tp", "fp", "fn", "n_true", "n_pred")}})
+        shown.append((m["aji"], key, image, truth, prob > threshold))
+    if not rows:
+        raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
+    out = run.run_dir / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "per_image.csv", rows)
+    patients = sorted({r["patient"] for r in rows})
+    per_patient = [{"patient": p, "images": sum(r["patient"] == p for r in rows),
+                    **{k: round(float(np.mean([r[k] for r in rows if r["patient"] == p])), 5) for k in METRICS}}
+                   for p in patients]
+    _write_csv(out / "per_patient.csv", per_patient)
+    means = {k: round(float(np.mean([r[k] for r in rows])), 5) for k in METRICS}
+    _write_csv(out / "evaluation.csv", [{"metric": "loss", "value": means["bce"]},
+                                        {"metric": "binary_accuracy", "value": means["accuracy"]},
+                                        *({"metric": k, "value": means[k]} for k in ("dice", "iou", "aji", "f1", "pq"))])
+    shown.sort(key=lambda s: s[0])
+    picks = shown[-3:][::-1] + [s for s in shown[:3] if s not in shown[-3:]]
+    image_grid([[img, truth, pred] for _, _, img, truth, pred in picks], ["image", "truth", "prediction"],
+               out / "comparison.png", row_labels=[f"{key} AJI {a:.2f}" for a, key, *_ in picks])
+    summary = {"split": split, "images": len(rows), "patients": patients, "threshold": threshold,
+               "threshold_source": source, "split_touching": split_touching, "tta": tta, "all_ops": all_ops,
+               "mean_over_images": means,
+               "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5) for k in METRICS}}
+    write_json(out / "summary.json", summary)
+    return summary
