@@ -24,13 +24,20 @@ SHARD_MB ?=
 TRAIN_CONFIG ?= configs/quick.toml
 RUN     ?= runs/$(basename $(notdir $(TRAIN_CONFIG)))
 EPOCHS  ?=
+SPLIT   ?= test
+THRESHOLD ?=
+SPLIT_TOUCHING ?=
+TTA     ?=
+IMAGES  ?= $(OUT)/test/images
+MASKS   ?= $(OUT)/test/masks
+INFER_OUT ?= $(RUN)/infer
 COMPRESSION ?=
 
 DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha $(a)) \
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset bench-input bench-train clean
+.PHONY: help install synth dataset records verify-records train eval infer all test bench bench-dataset bench-input bench-train bench-infer clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,26 +70,31 @@ train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EP
 	$(TNBC) train --config $(TRAIN_CONFIG) --records $(OUT)/tfrecords --run-dir $(RUN) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
-eval: install ## Evaluate a run (not implemented yet: issue 5)
-	$(TNBC) eval
+eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= SPLIT_TOUCHING=1 TTA=1
+	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(if $(THRESHOLD),--threshold $(THRESHOLD)) \
+		$(if $(SPLIT_TOUCHING),--split-touching) $(if $(TTA),--tta)
 
-infer: install ## Predict masks for a folder of images (not implemented yet: issue 5)
-	$(TNBC) infer
+infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): TTA=1
+	$(TNBC) infer --run-dir $(RUN) --images $(IMAGES) --out $(INFER_OUT) $(if $(MASKS),--masks $(MASKS)) \
+		$(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(TTA),--tta)
 
-all: dataset records train ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
+all: dataset records train eval infer ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q
 
 BENCH_RAW = $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
 
-bench: bench-dataset bench-input bench-train ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
+bench: bench-dataset bench-input bench-train bench-infer ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
 
 bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
 	$(BIN)/python benchmarks/bench_dataset.py $(BENCH_RAW)
 
 bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, unet and the old TNBC model; 1x/4x data
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_RAW)
+
+bench-infer: install ## Whole vs tiled inference MP/s on 2048x2048; metric time vs a naive per-nucleus implementation
+	$(BIN)/python benchmarks/bench_infer.py $(BENCH_RAW)
 
 bench-input: install ## tf.data pipeline vs load-everything numpy and vs the default model's training rate; RSS at 1x/4x data
 	$(BIN)/python benchmarks/bench_input.py $(BENCH_RAW)
