@@ -42,7 +42,7 @@ def test_errors_are_one_line_and_non_zero(release_root: Path, tmp_path: Path) ->
     cases = [
         (["dataset", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such file or folder"),
         (["dataset", "--raw", str(release_root), "--out", str(tmp_path / "o"), "--alpha", "0"], "augment.alpha values must be > 0"),
-        (["eval"], "not implemented yet"),
+        (["eval", "--run-dir", str(tmp_path / "norun")], "no model.keras"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(main, args)
