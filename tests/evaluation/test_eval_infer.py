@@ -56,6 +56,24 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     assert old["dice"] == pytest.approx(summary["mean_over_images"]["dice"])
 
 
+def test_a_threshold_chosen_for_another_model_is_chosen_again(run: tuple[Path, Path], tmp_path: Path) -> None:
+    import dataclasses
+
+    from tnbc_pipeline.evaluation.evaluate import RunModel, evaluate
+    from tnbc_pipeline.model.train import train
+
+    run_dir, records = run
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    stale = {"threshold": 0.123, "chosen_on": "valid", "model_sha256": "0" * 64}
+    (copy / "threshold.json").write_text(json.dumps(stale))
+    assert RunModel(copy).chosen_threshold() is None and RunModel(copy).threshold() == 0.5
+    summary = evaluate(copy, records, "test", progress=False)
+    chosen = json.loads((copy / "threshold.json").read_text())
+    assert summary["threshold"] == chosen["threshold"] != 0.123 and chosen["model_sha256"] == RunModel(copy).model_sha256
+    train(records, copy, dataclasses.replace(TINY, seed=9), force=True, progress=False)  # a new model
+    assert RunModel(copy).chosen_threshold() is None
+
+
 def test_eval_command_prints_a_summary(run: tuple[Path, Path]) -> None:
     from tnbc_pipeline.cli import main
 

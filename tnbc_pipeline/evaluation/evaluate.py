@@ -1,6 +1,7 @@
 """The eval stage: a run's model on a split of the records -> pixel and instance metrics.
 
-    runs/NAME/threshold.json          the probability threshold, chosen on the valid split (max mean Dice)
+    runs/NAME/threshold.json          the probability threshold, chosen on the valid split (max mean Dice) for
+                                      the model.keras whose sha256 it records (re-chosen after retraining)
     runs/NAME/eval_{split}/per_image.csv      every metric per image, with key, patient and op
                           per_patient.csv     means per patient (the unit the split is made of)
                           summary.json        means over images and over patients, threshold, settings
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics
 from tnbc_pipeline.evaluation.tiling import predict_image
-from tnbc_pipeline.io import atomic_write_bytes, write_json
+from tnbc_pipeline.io import atomic_write_bytes, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RunModel:
             self.model = keras.saving.load_model(path, safe_mode=True)
         except Exception as exc:  # Keras raises bare ValueError/TypeError for unsafe or broken files
             raise TnbcError(f"{path}: cannot load the model safely ({str(exc).splitlines()[0][:200]})") from exc
+        self.model_sha256 = sha256_file(path)
         config = json.loads((self.run_dir / "config.json").read_text())["config"]
         self.patch = int(config["patch"])
         self.multiple = 2 ** (int(config["model"]["levels"]) - 1)
@@ -61,9 +63,20 @@ class RunModel:
         return predict_image(lambda b: np.asarray(self.model.predict_on_batch(b)), image, tile=tile,
                              multiple=self.multiple, tta=self.tta)
 
-    def threshold(self) -> float:
+    def chosen_threshold(self) -> float | None:
+        """threshold.json's value if it was chosen for this very model (same sha256), else None."""
         path = self.run_dir / "threshold.json"
-        return float(json.loads(path.read_text())["threshold"]) if path.exists() else 0.5
+        if path.exists():
+            chosen = json.loads(path.read_text())
+            if chosen.get("model_sha256") == self.model_sha256:
+                return float(chosen["threshold"])
+            log.warning("%s was chosen for another model.keras (retrained?); ignoring it", path)
+        return None
+
+    def threshold(self) -> float:
+        """The chosen threshold, else 0.5."""
+        chosen = self.chosen_threshold()
+        return 0.5 if chosen is None else chosen
 
 
 def _examples(records: Path, split: str, all_ops: bool):
@@ -84,6 +97,7 @@ def choose_threshold(run: RunModel, records: Path, progress: bool = True) -> dic
     scores = {t: float(np.mean([pixel_metrics(truth, p > t)["dice"] for p, truth in probs])) for t in THRESHOLDS}
     best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
     result = {"threshold": best, "chosen_on": "valid", "criterion": "mean pixel dice", "images": len(probs),
+              "model_sha256": run.model_sha256,
               "scores": {f"{t:.2f}": round(s, 4) for t, s in scores.items()}}
     write_json(run.run_dir / "threshold.json", result)
     return result
@@ -111,9 +125,10 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float
     run = RunModel(run_dir, tta=tta)
     source = "given"
     if threshold is None:
-        if not (run.run_dir / "threshold.json").exists():
-            choose_threshold(run, records, progress)
-        threshold, source = run.threshold(), "threshold.json (chosen on valid)"
+        threshold = run.chosen_threshold()
+        if threshold is None:
+            threshold = choose_threshold(run, records, progress)["threshold"]
+        source = "threshold.json (chosen on valid)"
     rows, shown = [], []
     for image, truth, key, patient, op in tqdm(list(_examples(records, split, all_ops)), desc=f"eval {split}",
                                                disable=not progress):
