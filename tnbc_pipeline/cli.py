@@ -27,6 +27,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TnbcError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # disk full, permission denied, a file where a folder should be, ...
+            where = exc.filename if exc.filename is not None else "file system"
+            raise click.ClickException(f"{where}: {exc.strerror or exc}") from None
         except KeyboardInterrupt:
             click.echo("interrupted; previous outputs are intact, rerun to continue", err=True)
             sys.exit(130)

@@ -36,7 +36,9 @@ def encode_example(image_png: bytes, mask_png: bytes, height: int, width: int, k
     feature = {"image_png": _bytes(image_png), "mask_png": _bytes(mask_png), "height": _int(height),
                "width": _int(width), "key": _bytes(key.encode()), "patient": _bytes(patient.encode()),
                "source": _bytes(source.encode()), "op": _bytes(op.encode())}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic=True: map fields (the features) are written in key order, not in the hash order that
+    # changes with every process's hash seed -- without it, shards differed from run to run.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -29,7 +29,7 @@ from tnbc_pipeline import __version__
 from tnbc_pipeline.config import TrainConfig, config_hash, to_dict
 from tnbc_pipeline.data.records import read_index
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import write_json
+from tnbc_pipeline.io import folder_lock, write_json
 from tnbc_pipeline.tf_env import tf
 
 log = logging.getLogger(__name__)
@@ -118,13 +118,20 @@ def _epoch_samples(records: Path, split: str, count: int) -> tuple[Any, Any, lis
 
 def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, skip_bad: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the run in `run_dir` on the train/valid shards of `records`; return done.json."""
+    """Train (or resume) the run in `run_dir` on the train/valid shards of `records`; return done.json.
+    A lock beside the run folder makes a second run on it fail at once."""
+    records, run_dir = Path(records), Path(run_dir)
+    with folder_lock(run_dir):
+        return _train_locked(records, run_dir, cfg, force, skip_bad, progress)
+
+
+def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, skip_bad: bool,
+                  progress: bool) -> dict[str, Any]:
     import keras
 
     from tnbc_pipeline.data.pipeline import make_dataset
     from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
-    records, run_dir = Path(records), Path(run_dir)
     index = read_index(records)
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
               "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256")}
