@@ -175,3 +175,44 @@ def test_the_record_parser_reports_any_shard_bytes_as_a_problem(dataset: Path, t
     (folder / "index.json").write_text(json.dumps({"shards": [entry], "compression": "none"}))
     problems = verify_records(folder, progress=False)
     assert len(problems) == 1 and problems[0].startswith(str(folder / entry["file"]))
+
+
+def test_hostile_archives_are_refused(release_root: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    from tests.conftest import make_zip
+    from tnbc_pipeline.data.raw import Release
+
+    good = make_zip(release_root, tmp_path / "good.zip", junk=False)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # the central directory is gone
+    with pytest.raises(TnbcError, match="cut.zip: not a zip archive"):
+        Release(cut)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Slide_01/01_1.png", b"\0" * (65 * 1024 * 1024))  # ~65 KB on disk, 65 MB inflated
+    with pytest.raises(TnbcError, match="declares 68157440 bytes"):
+        Release(tmp_path / "bomb.zip")
+    with pytest.warns(UserWarning), zipfile.ZipFile(tmp_path / "dupe.zip", "w") as zf:
+        zf.writestr("Slide_01/01_1.png", b"a")
+        zf.writestr("Slide_01/01_1.png", b"b")
+    with pytest.raises(TnbcError, match="duplicate member"):
+        Release(tmp_path / "dupe.zip")
+
+
+def test_symlinks_in_the_dataset_are_not_followed_when_it_is_rebuilt(dataset: Path, release_root: Path,
+                                                                    tmp_path: Path) -> None:
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    out = Path(shutil.copytree(dataset, tmp_path / "TNBC", symlinks=True))
+    (out / "train" / "images" / "link").symlink_to(outside, target_is_directory=True)
+    (out / "shortcut").symlink_to(outside, target_is_directory=True)
+    build_dataset(release_root, out, DatasetConfig(seed=4, augment=SMALL.augment), workers=1, progress=False)
+    assert (outside / "keep.txt").read_text() == "mine"  # the old train/ went, its link's target did not
+    assert (out / "shortcut").is_symlink()  # another tool's entry carried over as it was
+
+
+def test_the_output_may_not_be_or_contain_the_release(release_root: Path) -> None:
+    for out in (release_root, release_root / "Slide_01", release_root.parent):
+        with pytest.raises(TnbcError, match="overlaps the raw release"):
+            build_dataset(release_root, out, SMALL, workers=1, progress=False)
