@@ -41,6 +41,7 @@ def test_toml_then_flags(tmp_path: Path) -> None:
     ('[split]\ntest = ["03"]\nvalid = ["03"]', "patient 03 is listed in both valid and test"),
     ("[split]\ntest_fraction = 0.6\nvalid_fraction = 0.5", "must leave patients for train"),
     ("seed = true", "seed: expected int"),
+    ("[augment]\nflips = false\nrotations = []\nalpha = []\nsigma = []\ndistort = []\nshrink = []", "variant list is empty"),
     ("seed = ", "invalid TOML"),
     ("augment = 3", r"\[augment\] must be a table"),
 ])

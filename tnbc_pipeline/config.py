@@ -87,6 +87,9 @@ class AugmentConfig:
         for split in self.splits:
             if split not in SPLITS:
                 raise TnbcError(f"augment.splits: unknown split '{split}' (expected {', '.join(SPLITS)})")
+        if self.splits and not (self.flips or self.rotations or self.alpha or self.distort or self.shrink):
+            raise TnbcError(f"augment: splits {list(self.splits)} are to be augmented but the variant list is "
+                            "empty (set augment.splits = [] to keep originals only)")
 
 
 @dataclass(frozen=True)
