@@ -244,6 +244,36 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 
 
 
+@main.command()
+@click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("cv/default"), show_default=True)
+@click.option("--folds", type=click.IntRange(2, 11), default=4, show_default=True, help="Patient folds.")
+@click.option("--fold", "only", type=int, multiple=True, help="Run only these folds (repeatable; 0-based).")
+@click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
+@click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
+@click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
+@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei before instance metrics.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
+@click.pass_obj
+def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
+       train_config: Path | None, epochs: int | None, split_touching: bool, workers: int | None) -> None:
+    """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
+    from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
+    from tnbc_pipeline.evaluation.cv import REPORTED, cross_validate
+
+    for i in only:
+        if not 0 <= i < folds:
+            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+    data_cfg = load_config(DatasetConfig, dataset_config)
+    train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
+    summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, split_touching, workers,
+                             progress=obj["progress"])
+    for k in REPORTED:
+        click.echo(f"{k:<10} {summary[k]['mean']:.4f} +- {summary[k]['sd']:.4f}  "
+                   + " ".join(f"{v:.3f}" for v in summary[k]["folds"]))
+    click.echo(f"-> {out}")
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 

@@ -77,3 +77,20 @@ def image_grid(rows: list[list[np.ndarray]], titles: list[str], path: Path, row_
             if c == 0 and row_labels:
                 ax.set_ylabel(row_labels[r], fontsize=8)
     _save(fig, path)
+
+
+def bar_chart(values: dict[str, list[float]], series: list[str], path: Path) -> None:
+    """Grouped bars: one group per metric, one bar per series (e.g. fold), and the mean as a black tick."""
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    width = 0.8 / max(1, len(series))
+    for j, label in enumerate(series):
+        ax.bar(np.arange(len(names)) + (j - (len(series) - 1) / 2) * width, [values[n][j] for n in names],
+               width, label=label)
+    for i, n in enumerate(names):
+        ax.hlines(np.mean(values[n]), i - 0.4, i + 0.4, colors="black")
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, len(series)))
+    _save(fig, path)
