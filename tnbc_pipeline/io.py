@@ -7,8 +7,10 @@ exactly {0, 255}; cv2's BGR order never escapes it.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -155,6 +157,15 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=True)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows (dicts with the same keys) -> a CSV file with a header, written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def read_json(path: Path) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline.config import DatasetConfig, RecordsConfig, TrainConfig, to_dict
-from tnbc_pipeline.io import write_json
+from tnbc_pipeline.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,7 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
         s = run_fold(Path(raw), out, fold, folds, data_cfg, train_cfg, split_touching, workers, progress)
         rows.append({"fold": fold, "test_patients": " ".join(s["patients"]), "images": s["images"],
                      "threshold": s["threshold"], **{k: s["mean_over_images"][k] for k in REPORTED}})
-    import csv
-    import io
-
-    from tnbc_pipeline.io import atomic_write_bytes
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "cv_folds.csv", buf.getvalue().encode())
+    write_csv(out / "cv_folds.csv", rows)
     summary: dict[str, Any] = {
         k: {"mean": round(float(np.mean([r[k] for r in rows])), 5),
             "sd": round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 5),

@@ -14,8 +14,6 @@ evidence. Images larger than the training patch are predicted in Gaussian-blende
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -27,7 +25,7 @@ from tqdm import tqdm
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics
 from tnbc_pipeline.evaluation.tiling import predict_image
-from tnbc_pipeline.io import atomic_write_bytes, sha256_file, write_json
+from tnbc_pipeline.io import sha256_file, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +101,6 @@ def choose_threshold(run: RunModel, records: Path, progress: bool = True) -> dic
     return result
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def _bce(truth: np.ndarray, prob: np.ndarray) -> float:
     p = np.clip(prob, 1e-7, 1 - 1e-7)
     return float(-np.mean(np.where(truth, np.log(p), np.log(1 - p))))
@@ -141,14 +131,14 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float
         raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
     out = run.run_dir / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "per_image.csv", rows)
+    write_csv(out / "per_image.csv", rows)
     patients = sorted({r["patient"] for r in rows})
     per_patient = [{"patient": p, "images": sum(r["patient"] == p for r in rows),
                     **{k: round(float(np.mean([r[k] for r in rows if r["patient"] == p])), 5) for k in METRICS}}
                    for p in patients]
-    _write_csv(out / "per_patient.csv", per_patient)
+    write_csv(out / "per_patient.csv", per_patient)
     means = {k: round(float(np.mean([r[k] for r in rows])), 5) for k in METRICS}
-    _write_csv(out / "evaluation.csv", [{"metric": "loss", "value": means["bce"]},
+    write_csv(out / "evaluation.csv", [{"metric": "loss", "value": means["bce"]},
                                         {"metric": "binary_accuracy", "value": means["accuracy"]},
                                         *({"metric": k, "value": means[k]} for k in ("dice", "iou", "aji", "f1", "pq"))])
     shown.sort(key=lambda s: s[0])

@@ -11,8 +11,6 @@ grey images are used as RGB. Large images are predicted in Gaussian-blended tile
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from tqdm import tqdm
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.evaluate import RunModel
 from tnbc_pipeline.evaluation.metrics import image_metrics
-from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header
+from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +102,7 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
             if len(grid) < 6:
                 grid.append([image, truth, mask])
     if rows:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+        write_csv(out / "metrics.csv", rows)
         image_grid(grid, ["image", "truth", "prediction"], out / "comparison.png",
                    row_labels=[r["image"] for r in rows[: len(grid)]])
     log.info("%d image(s) -> %s (threshold %.2f)", len(files), out, threshold)
