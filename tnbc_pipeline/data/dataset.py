@@ -114,10 +114,10 @@ def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: Dat
         known = {(s.get("image_sha256"), s.get("mask_sha256")) for s in current.get("sources", {}).values()}
     sources = {}
     for case in release.cases:
-        image_sha = sha256_bytes(release.read_bytes(case.image))
-        mask_sha = sha256_bytes(release.read_bytes(case.mask))
+        image_bytes, mask_bytes = release.read_bytes(case.image), release.read_bytes(case.mask)
+        image_sha, mask_sha = sha256_bytes(image_bytes), sha256_bytes(mask_bytes)
         if (image_sha, mask_sha) not in known:
-            release.load(case)  # raises TnbcError naming the file on any problem
+            release.decode(case, image_bytes, mask_bytes)  # raises TnbcError naming the file on any problem
         sources[case.key] = {"patient": case.patient, "image": release.relative(case.image),
                              "image_sha256": image_sha, "mask": release.relative(case.mask), "mask_sha256": mask_sha}
     return sources

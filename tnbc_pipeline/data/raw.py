@@ -158,7 +158,10 @@ class Release:
 
     def load(self, case: Case) -> tuple[np.ndarray, np.ndarray, str, str]:
         """-> (image RGB uint8 (H,W,3), mask uint8 (H,W) in {0,255}, image sha256, mask sha256)."""
-        image_bytes, mask_bytes = self.read_bytes(case.image), self.read_bytes(case.mask)
+        return self.decode(case, self.read_bytes(case.image), self.read_bytes(case.mask))
+
+    def decode(self, case: Case, image_bytes: bytes, mask_bytes: bytes) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """`load` on bytes already read: decode and check the pair."""
         image = decode_image(image_bytes, self.name(case.image))
         mask = decode_mask(mask_bytes, self.name(case.mask), self.mask_threshold)
         if image.shape[:2] != mask.shape:

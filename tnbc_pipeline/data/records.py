@@ -153,8 +153,9 @@ def _rows(index: dict[str, Any]) -> dict[str, dict[str, int]]:
     return rows
 
 
-def shard_problem(folder: Path, shard: dict[str, Any], deep: bool = False) -> str | None:
-    """Why a shard listed in the index is unusable (None if it is fine). `deep` also parses every record."""
+def shard_problem(folder: Path, shard: dict[str, Any], deep: bool = False, compression: str = "none") -> str | None:
+    """Why a shard listed in the index is unusable (None if it is fine). `deep` also parses every record
+    (of the index's `compression`)."""
     path = folder / shard["file"]
     if not path.is_file():
         return "missing"
@@ -167,10 +168,9 @@ def shard_problem(folder: Path, shard: dict[str, Any], deep: bool = False) -> st
         from tnbc_pipeline.data.schema import parse_example
         from tnbc_pipeline.tf_env import tf
 
-        compression = "GZIP" if read_index(folder).get("compression") == "gzip" else ""
         count = 0
         try:
-            for record in tf.data.TFRecordDataset(str(path), compression_type=compression):
+            for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP" if compression == "gzip" else ""):
                 parse_example(record)
                 count += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
@@ -188,7 +188,7 @@ def verify_records(folder: Path, dataset: Path | None = None, progress: bool = T
         if sha256_file(dataset / "manifest.json") != index.get("manifest_sha256"):
             problems.append(f"{folder / INDEX}: built from another version of {dataset}; rerun `tnbc records`")
     for shard in tqdm(index["shards"], unit="shard", desc="verify", disable=not progress):
-        problem = shard_problem(folder, shard, deep=True)
+        problem = shard_problem(folder, shard, deep=True, compression=index.get("compression", "none"))
         if problem:
             problems.append(f"{folder / shard['file']}: {problem}")
     return problems
