@@ -32,13 +32,15 @@ IMAGES  ?= $(OUT)/test/images
 MASKS   ?= $(OUT)/test/masks
 INFER_OUT ?= $(RUN)/infer
 CV_OUT  ?= cv/$(basename $(notdir $(TRAIN_CONFIG)))
+STUDY_OUT ?= study/$(basename $(notdir $(TRAIN_CONFIG)))
+ELASTIC ?=
 COMPRESSION ?=
 
 DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha $(a)) \
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records verify-records train eval infer cv all test bench bench-dataset bench-input bench-train bench-infer clean
+.PHONY: help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -83,6 +85,11 @@ all: dataset records train eval infer ## Install + the whole pipeline on RAW (th
 
 cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= TRAIN_CONFIG= EPOCHS= SPLIT_TOUCHING=1
 	$(TNBC) cv --raw $(RAW) --out $(CV_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
+		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SPLIT_TOUCHING),--split-touching)
+
+study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS=
+	$(TNBC) study --raw $(RAW) --out $(STUDY_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
+		$(foreach f,$(FOLD),--fold $(f)) $(foreach e,$(ELASTIC),--elastic $(e)) \
 		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SPLIT_TOUCHING),--split-touching)
 
 test: install ## Run the test suite

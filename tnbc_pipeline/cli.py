@@ -166,6 +166,8 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Run folder [default: runs/<config name>].")
 @click.option("--model", "model_name", type=click.Choice(["unet", "unet_seed"]), help="Model to build.")
+@click.option("--interior", type=click.IntRange(0, 16),
+              help="Add the interior channel (mask eroded by this many px) that splits touching nuclei; 0: off.")
 @click.option("--epochs", type=int)
 @click.option("--steps-per-epoch", type=int)
 @click.option("--batch-size", type=int, help="Global batch size.")
@@ -180,14 +182,14 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
 @click.pass_obj
 def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | None, model_name: str | None,
-          epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
+          interior: int | None, epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
           lr: float | None, loss: str | None, seed: int | None, strategy: str | None, precision: str | None,
           jit: bool | None, skip_bad_shards: bool, force: bool) -> None:
     """Train a U-Net on the shards into a run folder (resumes an interrupted run)."""
     from tnbc_pipeline.config import load_train_config
     from tnbc_pipeline.model.train import train as run_training
 
-    flags = {"model.name": model_name, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+    flags = {"model.name": model_name, "model.interior": interior, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
              "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
              "strategy": strategy, "precision": precision, "jit": jit}
     cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})
@@ -207,16 +209,19 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (watershed) first.")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
+@click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
+              help="Predicted objects under this many pixels are removed.")
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
-                     split_touching: bool, tta: bool, all_ops: bool) -> None:
+                     split_touching: bool, tta: bool, all_ops: bool, min_area: int) -> None:
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
-    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, progress=obj["progress"])
+    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, min_area,
+                       progress=obj["progress"])
     means = summary["mean_over_images"]
     click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
-               f"threshold {summary['threshold']:.2f}")
+               f"threshold {summary['threshold']:.2f}, nuclei by {summary['instances']}")
     click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))
     click.echo(f"-> {run_dir / ('eval_' + split)}")
 
@@ -229,14 +234,16 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Probability threshold [default: RUN/threshold.json, else 0.5].")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
-@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei in the metrics.")
+@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (distance watershed).")
+@click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
+              help="Predicted objects under this many pixels are removed.")
 @click.pass_obj
 def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
-          tta: bool, split_touching: bool) -> None:
+          tta: bool, split_touching: bool, min_area: int) -> None:
     """Masks, probabilities and overlays for any folder of images."""
     from tnbc_pipeline.evaluation.infer import infer as run_infer
 
-    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, progress=obj["progress"])
+    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, min_area, progress=obj["progress"])
     if rows:
         click.echo("  ".join(f"{k} {_mean([r[k] for r in rows]):.4f}" for k in ("dice", "aji", "f1", "pq")))
     click.echo(f"-> {out}")
@@ -271,6 +278,55 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     for k in REPORTED:
         click.echo(f"{k:<10} {summary[k]['mean']:.4f} +- {summary[k]['sd']:.4f}  "
                    + " ".join(f"{v:.3f}" for v in summary[k]["folds"]))
+    click.echo(f"-> {out}")
+
+
+def _alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    out = []
+    for value in values:
+        try:
+            alpha, sigma = (float(v) for v in value.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"'{value}' is not ALPHA:SIGMA (e.g. 110:8)") from None
+        if alpha <= 0 or sigma <= 0:
+            raise click.BadParameter(f"'{value}': alpha and sigma must be > 0")
+        out.append((alpha, sigma))
+    return tuple(out)
+
+
+@main.command()
+@click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("study/default"), show_default=True)
+@click.option("--folds", type=click.IntRange(2, 11), default=4, show_default=True, help="Patient folds.")
+@click.option("--fold", "only", type=int, multiple=True, help="Folds to run (repeatable; 0-based) [default: all].")
+@click.option("--elastic", type=str, multiple=True, callback=_alpha_sigma,
+              help="ALPHA:SIGMA of one elastic arm; repeat [default: 110:8 400:10 1300:8].")
+@click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="Dataset TOML: seed, split, PNG settings, and the 'full' arm's augmentation.")
+@click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
+@click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
+@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei before instance metrics.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
+@click.pass_obj
+def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], elastic: tuple[tuple[float, float], ...],
+          dataset_config: Path | None, train_config: Path | None, epochs: int | None, split_touching: bool,
+          workers: int | None) -> None:
+    """Augmentation study: none / flips+rotations / + each elastic setting / + distortion and shrink."""
+    from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
+    from tnbc_pipeline.evaluation.study import DEFAULT_ELASTIC, augmentation_study
+
+    for i in only:
+        if not 0 <= i < folds:
+            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+    data_cfg = load_config(DatasetConfig, dataset_config)
+    train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
+    summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,
+                                 elastic or DEFAULT_ELASTIC, split_touching, workers, progress=obj["progress"])
+    click.echo(f"{'arm':<20} {'dice':>6} {'aji':>6} {'f1':>6} {'pq':>6}  regen s  elastic mean px")
+    for arm in summary["settings"]["arms"]:
+        a = summary[arm]
+        click.echo(f"{arm:<20} " + " ".join(f"{a[k]['mean']:6.3f}" for k in ("dice", "aji", "f1", "pq"))
+                   + f"  {sum(a['regen_seconds']) / len(a['regen_seconds']):7.1f}  {a['elastic_mean_disp_px']}")
     click.echo(f"-> {out}")
 
 

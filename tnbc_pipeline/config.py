@@ -219,6 +219,8 @@ class ModelConfig:
     dilation: int = 1  # unet_seed only: dilation at level 0, falling by 1 per level to 1
     dropout: float = 0.0  # unet: after each block's first conv; unet_seed: dropout * level
     batch_norm: bool = True  # BatchNorm after every conv (unet_seed: the old 'normalization' flag)
+    interior: int = 0  # > 0: a 2nd output channel learns each nucleus' core (mask eroded by this many px),
+    #                    whose components split touching nuclei at evaluation; 0: the mask channel only
 
     def __post_init__(self) -> None:
         if self.name not in ("unet", "unet_seed"):
@@ -227,6 +229,13 @@ class ModelConfig:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
         if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:
             raise TnbcError("model: dilation must be >= 1 and dropout in [0, 1)")
+        if not 0 <= self.interior <= 16:
+            raise TnbcError(f"model.interior must be 0 (off) to 16 px, got {self.interior}")
+
+    @property
+    def outputs(self) -> int:
+        """Output channels: the nucleus mask, plus the interior when `interior` > 0."""
+        return 2 if self.interior else 1
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,7 @@ class TrainConfig:
     val_batch_size: int = 2  # whole valid images per evaluation batch
     val_ops: tuple[str, ...] = ("original",)  # ops of the valid split validated each epoch (empty: all)
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
+    flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
     precision: str = "auto"  # auto (mixed_float16 on GPUs of compute capability >= 7) | float32 | mixed_*

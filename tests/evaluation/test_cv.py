@@ -51,3 +51,31 @@ def test_cv_command_runs_a_subset_of_folds(release_root: Path, tmp_path: Path) -
     assert summary["settings"]["evaluated_folds"] == [2] and summary["aji"]["sd"] == 0.0
     bad = CliRunner().invoke(main, ["cv", "--raw", str(release_root), "--folds", "3", "--fold", "5"])
     assert bad.exit_code == 1 and "--fold 5: must be in [0, 3)" in bad.output
+
+
+def test_augmentation_study_regenerates_incrementally_and_resumes(release_root: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    from tnbc_pipeline.evaluation.study import arms, augmentation_study
+
+    base = DatasetConfig(augment=AugmentConfig(rotations=(90.0,), alpha=(20.0,), sigma=(4.0,), distort=(0.02,),
+                                               shrink=()))
+    plan = arms(base, ((20.0, 4.0), (60.0, 4.0)))
+    assert list(plan) == ["none", "fliprot", "elastic_20_4", "elastic_60_4", "full"]
+    assert plan["none"][0].augment.splits == () and plan["none"][1] is False and plan["full"] == (base, True)
+    assert plan["elastic_60_4"][0].augment.alpha == (60.0,) and not plan["elastic_60_4"][0].augment.distort
+    small = {k: v for k, v in plan.items() if k in ("none", "elastic_20_4")}
+    monkeypatch.setattr("tnbc_pipeline.evaluation.study.arms", lambda b, e: small)  # two arms keep it short
+    out = tmp_path / "study"
+    summary = augmentation_study(release_root, out, 4, [1], base, TINY, ((20.0, 4.0),), workers=1, progress=False)
+    again = augmentation_study(release_root, out, 4, [1], base, TINY, ((20.0, 4.0),), workers=1, progress=False)
+    rows = list(csv.DictReader(open(out / "study_runs.csv")))
+    assert [r["arm"] for r in rows] == ["none", "elastic_20_4"]
+    none, elastic = rows
+    assert int(none["items"]) < int(elastic["items"])
+    # The second arm renders only what it adds to the first: fliprot + elastic variants of train/valid.
+    assert 0 < int(elastic["rendered"]) < int(elastic["items"]) and float(elastic["regen_seconds"]) > 0
+    assert none["elastic_mean_disp_px"] == "" and float(elastic["elastic_mean_disp_px"]) > 0
+    config = json.loads((out / "none" / "fold1" / "run" / "config.json").read_text())["config"]
+    assert config["flip_rot"] is False
+    assert summary["none"]["dice"] == again["none"]["dice"] and summary["settings"]["arms"] == list(small)
+    assert (out / "study_metrics.png").stat().st_size > 0

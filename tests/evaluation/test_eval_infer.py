@@ -56,6 +56,26 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     assert old["dice"] == pytest.approx(summary["mean_over_images"]["dice"])
 
 
+def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, Path], tmp_path: Path) -> None:
+    import dataclasses
+
+    from tnbc_pipeline.evaluation.evaluate import evaluate
+    from tnbc_pipeline.evaluation.infer import infer
+    from tnbc_pipeline.model.train import train
+
+    _, records = run
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, interior=1))
+    train(records, tmp_path / "run", cfg, progress=False)
+    summary = evaluate(tmp_path / "run", records, "test", split_touching=True, min_area=5, progress=False)
+    assert summary["instances"] == "interior" and summary["min_area"] == 5
+    assert 0 <= summary["mean_over_images"]["aji"] <= 1
+    images = records.parent / "test" / "images"
+    rows = infer(tmp_path / "run", images, tmp_path / "out", masks=records.parent / "test" / "masks", progress=False)
+    assert len(rows) == len(list(images.iterdir()))
+    mask = cv2.imread(str(next((tmp_path / "out" / "masks").iterdir())), cv2.IMREAD_UNCHANGED)
+    assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}  # the mask channel only, binary
+
+
 def test_a_threshold_chosen_for_another_model_is_chosen_again(run: tuple[Path, Path], tmp_path: Path) -> None:
     import dataclasses
 
@@ -127,6 +147,10 @@ def test_overlay_draws_contours_without_wrapping() -> None:
     mask[5:15, 5:15] = True
     out = overlay(image, mask)
     assert (out[5, 5] == (0, 255, 0)).all() and (out[10, 10] == 250).all() and (image == 250).all()
+    labels = mask.astype(np.int32)
+    labels[5:15, 10:15] = 2  # two touching nuclei: the line between them is drawn too
+    out = overlay(image, labels)
+    assert (out[10, 9] == (0, 255, 0)).all() and (out[10, 10] == (0, 255, 0)).all() and (out[10, 7] == 250).all()
 
 
 def test_infer_errors_are_clear(run: tuple[Path, Path], tmp_path: Path) -> None:

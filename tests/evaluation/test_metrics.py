@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tnbc_pipeline.evaluation.metrics import (image_metrics, instance_metrics, label_instances, pixel_metrics,
-                                              split_touching)
+                                              remove_small, split_by_interior, split_touching)
 
 
 def _disk(shape, cy, cx, r) -> np.ndarray:
@@ -124,3 +124,27 @@ def test_split_keeps_every_component_even_without_a_peak() -> None:
     mask[15:25, 15:25] = True
     labels = split_touching(mask, min_distance=5)
     assert ((labels > 0) == mask).all() and labels[5, 2] > 0 and labels[20, 20] > 0
+
+
+def test_remove_small_drops_only_objects_under_the_area() -> None:
+    mask = _disk((64, 64), 20, 20, 8)
+    mask[50:52, 50:52] = True  # a 4-px speckle
+    mask[40:46, 5:10] = True  # a 30-px object
+    out = remove_small(mask, 30)
+    assert not out[50:52, 50:52].any() and out[40:46, 5:10].all() and out[_disk((64, 64), 20, 20, 8)].all()
+    assert np.array_equal(remove_small(mask, 0), mask) and not remove_small(np.zeros((8, 8)), 5).any()
+
+
+def test_interior_cores_split_touching_nuclei_along_their_valley() -> None:
+    a, b = _disk((64, 96), 32, 30, 14), _disk((64, 96), 32, 56, 14)  # overlapping: one component
+    lone = _disk((64, 96), 8, 88, 4)  # a small nucleus whose core the model missed
+    pred = a | b | lone
+    interior = np.zeros(pred.shape, np.float32)
+    interior[_disk(pred.shape, 32, 30, 9)] = 0.9
+    interior[_disk(pred.shape, 32, 56, 9)] = 0.8
+    interior[_disk(pred.shape, 32, 43, 1)] = 0.2  # the valley between the cores
+    labels = split_by_interior(pred, interior)
+    assert len(np.unique(labels[pred])) == 3 and not labels[~pred].any()  # two split nuclei + the orphan
+    assert labels[32, 20] != labels[32, 66] and labels[32, 20] == labels[32, 36] and labels[32, 50] == labels[32, 66]
+    assert image_metrics(pred, pred, interior=interior)["n_pred"] == 3
+    assert image_metrics(pred, pred)["n_pred"] == 2  # without the interior: the touching pair is one object

@@ -21,8 +21,8 @@ def local(batch: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(700, 500), (257, 300), (64, 64), (100, 37)])
 def test_any_size_and_pointwise_models_match_exactly(shape) -> None:
     image = np.random.default_rng(0).random((*shape, 3), dtype=np.float32)
-    whole = predict_image(pointwise, image)
-    tiled = predict_image(pointwise, image, tile=128, overlap=0.5)
+    whole = predict_image(pointwise, image)[..., 0]
+    tiled = predict_image(pointwise, image, tile=128, overlap=0.5)[..., 0]
     assert whole.shape == tiled.shape == shape
     np.testing.assert_allclose(tiled, image.mean(-1), atol=1e-6)
     np.testing.assert_allclose(whole, image.mean(-1), atol=1e-6)
@@ -30,23 +30,36 @@ def test_any_size_and_pointwise_models_match_exactly(shape) -> None:
 
 def test_tiles_reproduce_the_whole_image_away_from_borders_without_seams() -> None:
     image = ndimage.gaussian_filter(np.random.default_rng(1).random((300, 420, 3), dtype=np.float32), (3, 3, 0))
-    whole = predict_image(local, image)
-    tiled = predict_image(local, image, tile=96, overlap=0.5)
+    whole = predict_image(local, image)[..., 0]
+    tiled = predict_image(local, image, tile=96, overlap=0.5)[..., 0]
     inner = (slice(8, -8), slice(8, -8))
     err = np.abs(tiled - whole)[inner]
     assert err.max() < 3e-3 and err.mean() < 1e-5  # tile edges see reflected context, weighted down to 1e-3
-    no_blend = np.abs(predict_image(local, image, tile=96, overlap=0.0) - whole)[inner]
+    no_blend = np.abs(predict_image(local, image, tile=96, overlap=0.0)[..., 0] - whole)[inner]
     assert no_blend.max() > 3 * err.max()  # abutting tiles show seams; blending removes most of them
 
 
 def test_tta_undoes_each_transform() -> None:
     image = np.random.default_rng(2).random((128, 128, 3), dtype=np.float32)
-    np.testing.assert_allclose(predict_image(pointwise, image, tta=True), image.mean(-1), atol=1e-6)
+    np.testing.assert_allclose(predict_image(pointwise, image, tta=True)[..., 0], image.mean(-1), atol=1e-6)
     rect = image[:, :96]
-    np.testing.assert_allclose(predict_image(pointwise, rect, tile=64, tta=True), rect.mean(-1), atol=1e-6)
+    np.testing.assert_allclose(predict_image(pointwise, rect, tile=64, tta=True)[..., 0], rect.mean(-1), atol=1e-6)
 
 
 def test_windows_cover_the_image_and_weights_peak_in_the_centre() -> None:
     assert starts(100, 100, 50) == [0] and starts(300, 128, 64) == [0, 64, 128, 172]
     w = gaussian_weight(64)
     assert w.max() == pytest.approx(1.0) and w[0, 0] == pytest.approx(1e-3) and w.argmax() in (32 * 64 + 32, 31 * 64 + 31)
+
+
+def test_every_output_channel_is_tiled_and_tta_undone_alike() -> None:
+    image = np.random.default_rng(3).random((200, 150, 3), dtype=np.float32)
+
+    def two(batch: np.ndarray) -> np.ndarray:  # channel 0: the mean; channel 1: red only
+        return np.concatenate([batch.mean(-1, keepdims=True), batch[..., :1]], -1)
+
+    for kw in ({}, {"tile": 64}, {"tile": 64, "tta": True}):
+        out = predict_image(two, image, **kw)
+        assert out.shape == (200, 150, 2)
+        np.testing.assert_allclose(out[..., 0], image.mean(-1), atol=1e-6)
+        np.testing.assert_allclose(out[..., 1], image[..., 0], atol=1e-6)

@@ -36,6 +36,16 @@ def model_target(mask: tf.Tensor) -> tf.Tensor:
     return tf.cast(mask > 127, tf.float32)
 
 
+def with_interior(target: tf.Tensor, interior: int) -> tf.Tensor:
+    """float32 mask (B, H, W, 1) in {0, 1} -> (B, H, W, 2): the mask and its interior, the mask eroded by
+    a (2 * interior + 1)-px square (min-pooling), which widens the 1-px gaps between touching nuclei into
+    a margin a U-Net can learn. interior = 0: the mask unchanged."""
+    if interior <= 0:
+        return target
+    eroded = -tf.nn.max_pool2d(-target, 2 * interior + 1, 1, "SAME")
+    return tf.concat([target, eroded], axis=-1)
+
+
 def shard_paths(records: Path, split: str, skip_bad: bool = False) -> list[str]:
     """The split's shard files from the index, each checked (size, sha256) before anything reads it.
 
@@ -67,9 +77,11 @@ def _records(paths: list[str], compression: str) -> tf.data.Dataset:
         cycle_length=min(len(paths), 4), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int) -> tuple[tf.Tensor, tf.Tensor]:
+def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
+                 flip_rot: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
     """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint8 (H, W, 1) as ONE tensor,
-    so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,)."""
+    so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,). `flip_rot=False`:
+    the crop only (the augmentation study's "no augmentation" arm)."""
     both = tf.concat([image, mask], axis=-1)
     # Images smaller than the patch (e.g. the old 640 config on 512 tiles) are reflect-padded first.
     short = tf.maximum(patch - tf.shape(both)[:2], 0)
@@ -77,20 +89,23 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int)
                   mode="REFLECT")
     crop_seed, flip_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     both = tf.image.stateless_random_crop(both, [patch, patch, 4], crop_seed)
-    both = tf.image.stateless_random_flip_left_right(both, flip_seed)
-    both = tf.image.rot90(both, tf.random.stateless_uniform([], rot_seed, 0, 4, dtype=tf.int32))
+    if flip_rot:
+        both = tf.image.stateless_random_flip_left_right(both, flip_seed)
+        both = tf.image.rot90(both, tf.random.stateless_uniform([], rot_seed, 0, 4, dtype=tf.int32))
     return both[..., :3], both[..., 3:]
 
 
 def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
-                 ops: tuple[str, ...] = ()) -> tf.data.Dataset:
+                 ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0) -> tf.data.Dataset:
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
     (B, patch, patch, 1)) batches, deterministic for a given seed.
     training=False: one pass of {'image', 'mask', 'key', 'patient', 'op'} whole images, batched by
     `batch_size` (images of one batch must share a size); `ops` keeps only items of those ops.
+    `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
+    `interior` > 0 adds the interior target channel to the training masks (see `with_interior`).
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
     from tnbc_pipeline.data.schema import parse_example
@@ -106,12 +121,13 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
         base = tf.constant(seed, tf.int64)
 
         def crop(index: tf.Tensor, ex: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            return augment_pair(ex["image"], ex["mask"], tf.stack([base, index]), patch)
+            return augment_pair(ex["image"], ex["mask"], tf.stack([base, index]), patch, flip_rot)
 
         ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
         # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.
         ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
-        ds = ds.map(lambda x, y: (model_input(x), model_target(y)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda x, y: (model_input(x), with_interior(model_target(y), interior)),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         if ops:
             ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["op"], tf.constant(list(ops)))))

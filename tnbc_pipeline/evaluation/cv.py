@@ -29,26 +29,40 @@ log = logging.getLogger(__name__)
 REPORTED = ("dice", "iou", "aji", "f1", "pq", "precision", "recall")
 
 
-def run_fold(raw: Path, out: Path, fold: int, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
-             split_touching: bool, workers: int | None, progress: bool) -> dict[str, Any]:
-    """Dataset -> records -> train -> eval for one fold; return its eval summary."""
+def run_fold(raw: Path, data_dir: Path, run_dir: Path, fold: int, folds: int, data_cfg: DatasetConfig,
+             train_cfg: TrainConfig, split_touching: bool, workers: int | None, progress: bool) -> dict[str, Any]:
+    """Dataset (in `data_dir`) -> records -> train (in `run_dir`) -> eval for one fold; return its eval
+    summary with the dataset build's seconds and rendered item count added under "dataset"."""
     from tnbc_pipeline.data.dataset import build_dataset
     from tnbc_pipeline.data.records import build_records
     from tnbc_pipeline.evaluation.evaluate import evaluate
     from tnbc_pipeline.model.train import train
 
-    folder = out / f"fold{fold}"
     cfg = dataclasses.replace(data_cfg, split=dataclasses.replace(data_cfg.split, folds=folds, fold=fold))
-    build_dataset(raw, folder / "TNBC", cfg, workers=workers, progress=progress)
-    build_records(folder / "TNBC", None, RecordsConfig(), progress=progress)
-    records = folder / "TNBC" / "tfrecords"
-    train(records, folder / "run", train_cfg, progress=progress)
-    summary_path = folder / "run" / "eval_test" / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("split_touching") == split_touching:
-            return summary
-    return evaluate(folder / "run", records, "test", split_touching=split_touching, progress=progress)
+    built = build_dataset(raw, data_dir, cfg, workers=workers, progress=progress)
+    build_records(data_dir, None, RecordsConfig(), progress=progress)
+    records = data_dir / "tfrecords"
+    train(records, run_dir, train_cfg, progress=progress)
+    summary_path = run_dir / "eval_test" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("split_touching") != split_touching:
+        summary = evaluate(run_dir, records, "test", split_touching=split_touching, progress=progress)
+    return {**summary, "dataset": {"seconds": round(built.seconds, 2), "changed": built.changed,
+                                   "rendered": sum(r.get("rendered", 0) for r in built.rows.values()),
+                                   "items": sum(r.get("items", 0) for r in built.rows.values())}}
+
+
+def fold_row(fold: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row of a fold's eval summary: test patients, images, threshold and the reported metrics."""
+    return {"fold": fold, "test_patients": " ".join(summary["patients"]), "images": summary["images"],
+            "threshold": summary["threshold"], **{k: summary["mean_over_images"][k] for k in REPORTED}}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{metric: {"mean", "sd" (ddof 1; 0 for one fold), "folds"}} over fold rows."""
+    return {k: {"mean": round(float(np.mean([r[k] for r in rows])), 5),
+                "sd": round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 5),
+                "folds": [r[k] for r in rows]} for k in REPORTED}
 
 
 def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
@@ -62,14 +76,12 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
     rows = []
     for fold in only if only is not None else range(folds):
         log.info("fold %d of %d", fold + 1, folds)
-        s = run_fold(Path(raw), out, fold, folds, data_cfg, train_cfg, split_touching, workers, progress)
-        rows.append({"fold": fold, "test_patients": " ".join(s["patients"]), "images": s["images"],
-                     "threshold": s["threshold"], **{k: s["mean_over_images"][k] for k in REPORTED}})
+        folder = out / f"fold{fold}"
+        s = run_fold(Path(raw), folder / "TNBC", folder / "run", fold, folds, data_cfg, train_cfg, split_touching,
+                     workers, progress)
+        rows.append(fold_row(fold, s))
     write_csv(out / "cv_folds.csv", rows)
-    summary: dict[str, Any] = {
-        k: {"mean": round(float(np.mean([r[k] for r in rows])), 5),
-            "sd": round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 5),
-            "folds": [r[k] for r in rows]} for k in REPORTED}
+    summary: dict[str, Any] = summarise(rows)
     summary["settings"] = {"folds": folds, "evaluated_folds": [r["fold"] for r in rows],
                            "split_touching": split_touching, "dataset_config": to_dict(data_cfg),
                            "train_config": to_dict(train_cfg)}

@@ -2,11 +2,12 @@
 
     OUT/masks/NAME.png           binary mask, values {0, 255}
     OUT/probabilities/NAME.png   nucleus probability x 255
-    OUT/overlays/NAME.png        the image with nucleus contours drawn in green (no uint8 wrap-around)
+    OUT/overlays/NAME.png        the image with each nucleus' outline drawn in green (no uint8 wrap-around)
     OUT/metrics.csv, OUT/comparison.png   with --masks DIR (masks matched by file stem)
 
 Images of any size and count, in any format cv2 reads (PNG, JPEG, TIFF, BMP); alpha is dropped,
-grey images are used as RGB. Large images are predicted in Gaussian-blended tiles.
+grey images are used as RGB. Large images are predicted in Gaussian-blended tiles. Post-processing
+(small objects removed, nuclei separated) is eval's: see `tnbc_pipeline.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.evaluate import RunModel
-from tnbc_pipeline.evaluation.metrics import image_metrics
+from tnbc_pipeline.evaluation.metrics import MIN_AREA, image_metrics, instance_labels, remove_small
 from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, write_csv
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,19 @@ def read_mask(path: Path) -> np.ndarray:
     return (arr if arr.ndim == 2 else arr[..., 0]) > 127
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 image with the mask's contours drawn in green on a copy."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8 image with the outline of every labelled nucleus (int (H, W), 0 = background; a bool
+    mask counts as labels) drawn in green on a copy; touching nuclei show the line between them."""
+    from skimage.segmentation import find_boundaries
+
     out = np.ascontiguousarray(image.copy())
-    cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
+    out[find_boundaries(labels.astype(np.int32), connectivity=2, mode="inner")] = (0, 255, 0)
     return out
 
 
 def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None, tta: bool = False,
-          masks: Path | None = None, split_touching: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+          masks: Path | None = None, split_touching: bool = False, min_area: int = MIN_AREA,
+          progress: bool = True) -> list[dict[str, Any]]:
     """Predict every image in `images` into `out`; return metric rows when `masks` is given."""
     from tnbc_pipeline.evaluation.plots import image_grid
 
@@ -84,12 +88,13 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
     rows, grid = [], []
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
         image = read_image(path)
-        prob = run.probabilities(image.astype(np.float32) / 255.0)
-        mask = prob > threshold
+        prob, interior = run.predict(image.astype(np.float32) / 255.0)
+        mask = remove_small(prob > threshold, min_area)
+        labels = instance_labels(mask, split_touching, interior=interior)
         name = f"{path.stem}.png"
         atomic_write_bytes(out / "masks" / name, encode_png(np.where(mask, 255, 0).astype(np.uint8)))
         atomic_write_bytes(out / "probabilities" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
-        atomic_write_bytes(out / "overlays" / name, encode_png(overlay(image, mask)))
+        atomic_write_bytes(out / "overlays" / name, encode_png(overlay(image, labels)))
         if masks is not None:
             candidates = [p for p in Path(masks).glob(f"{path.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
             if not candidates:
@@ -97,7 +102,7 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
             truth = read_mask(candidates[0])
             if truth.shape != mask.shape:
                 raise TnbcError(f"{candidates[0]}: mask size {truth.shape} differs from its image {mask.shape}")
-            m = image_metrics(truth, mask, split=split_touching)
+            m = image_metrics(truth, mask, split=split_touching, interior=interior)
             rows.append({"image": path.name, **{k: round(float(v), 5) for k, v in m.items()}})
             if len(grid) < 6:
                 grid.append([image, truth, mask])

@@ -1,6 +1,6 @@
 """Whole-image and sliding-window prediction, pure numpy around a `predict` callable.
 
-`predict(batch)`: float32 (N, h, w, 3) in [0, 1] -> float32 (N, h, w, 1) probabilities (a Keras model's
+`predict(batch)`: float32 (N, h, w, 3) in [0, 1] -> float32 (N, h, w, C) probabilities (a Keras model's
 `predict_on_batch`, or anything else). Tiles overlap and are blended with a Gaussian weight (high in the
 tile centre, low at its edges, where a convolutional net sees reflected context), so seams do not show.
 Images are reflect-padded to a multiple the network needs, and to at least one tile.
@@ -43,20 +43,21 @@ def _round_up(n: int, multiple: int) -> int:
 def _tta(predict: Predict, batch: np.ndarray) -> np.ndarray:
     """Mean prediction over the 8 flips/rotations of square tiles (4 flips if not square), undone."""
     square = batch.shape[1] == batch.shape[2]
-    total = np.zeros(batch.shape[:3] + (1,), np.float32)
+    total = None
     transforms = [(k, f) for k in (range(4) if square else (0, 2)) for f in (False, True)]
     for k, flip in transforms:
         x = np.rot90(batch, k, axes=(1, 2))
         x = x[:, :, ::-1] if flip else x
         y = predict(np.ascontiguousarray(x))
         y = y[:, :, ::-1] if flip else y
-        total += np.rot90(y, -k, axes=(1, 2))
+        y = np.rot90(y, -k, axes=(1, 2))
+        total = y.astype(np.float32) if total is None else total + y
     return total / len(transforms)
 
 
 def predict_image(predict: Predict, image: np.ndarray, tile: int | None = None, overlap: float = 0.5,
                   multiple: int = 16, tta: bool = False, batch_size: int = 4) -> np.ndarray:
-    """float32 (H, W, 3) in [0, 1] -> float32 (H, W) probabilities.
+    """float32 (H, W, 3) in [0, 1] -> float32 (H, W, C) probabilities (C: the model's output channels).
 
     tile=None (or an image no larger than the tile): one pass over the whole padded image; otherwise
     tile x tile windows, `overlap` of a tile apart, Gaussian-blended. `multiple`: the net's size
@@ -66,20 +67,21 @@ def predict_image(predict: Predict, image: np.ndarray, tile: int | None = None, 
     run = (lambda b: _tta(predict, b)) if tta else predict
     if tile is None or (h <= tile and w <= tile):
         padded = _pad(image, _round_up(h, multiple), _round_up(w, multiple))
-        return run(padded[None].astype(np.float32))[0, :h, :w, 0]
+        return run(padded[None].astype(np.float32))[0, :h, :w]
     if tile % multiple:
         raise ValueError(f"tile {tile} must divide by {multiple}")
     ph, pw = max(h, tile), max(w, tile)
     padded = _pad(image, ph, pw).astype(np.float32)
     step = max(1, int(tile * (1 - overlap)))
     weight = gaussian_weight(tile)
-    acc = np.zeros((ph, pw), np.float32)
-    norm = np.zeros((ph, pw), np.float32)
+    acc, norm = None, np.zeros((ph, pw, 1), np.float32)
     windows = [(y, x) for y in starts(ph, tile, step) for x in starts(pw, tile, step)]
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size]
         probs = run(np.stack([padded[y : y + tile, x : x + tile] for y, x in chunk]))
+        if acc is None:
+            acc = np.zeros((ph, pw, probs.shape[-1]), np.float32)
         for (y, x), p in zip(chunk, probs):
-            acc[y : y + tile, x : x + tile] += p[..., 0] * weight
-            norm[y : y + tile, x : x + tile] += weight
+            acc[y : y + tile, x : x + tile] += p * weight[..., None]
+            norm[y : y + tile, x : x + tile] += weight[..., None]
     return (acc / norm)[:h, :w]

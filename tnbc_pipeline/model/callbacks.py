@@ -88,7 +88,7 @@ class EpochInference(keras.callbacks.Callback):
         if not len(self.images):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        pred = self.model.predict(self.images, batch_size=1, verbose=0)
+        pred = self.model.predict(self.images, batch_size=1, verbose=0)[..., :1]  # the mask channel
         rows = [[img, msk, p] for img, msk, p in zip(self.images, self.masks, pred)]
         image_grid(rows, ["image", "truth", f"prediction (epoch {epoch + 1})"], self.out_dir / f"epoch_{epoch + 1:03d}.png",
                    row_labels=self.keys)

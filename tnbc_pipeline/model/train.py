@@ -67,8 +67,9 @@ def build_model(cfg: TrainConfig):
 
     m = cfg.model
     if m.name == "unet_seed":
-        return build_unet_seed(m.levels, m.base_filters, m.kernel, m.dilation, m.dropout, m.batch_norm)
-    return build_unet(m.levels, m.base_filters, m.kernel, m.batch_norm, m.dropout)
+        return build_unet_seed(m.levels, m.base_filters, m.kernel, m.dilation, m.dropout, m.batch_norm,
+                               outputs=m.outputs)
+    return build_unet(m.levels, m.base_filters, m.kernel, m.batch_norm, m.dropout, outputs=m.outputs)
 
 
 def compile_model(model, cfg: TrainConfig) -> None:
@@ -129,7 +130,7 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
                   progress: bool) -> dict[str, Any]:
     import keras
 
-    from tnbc_pipeline.data.pipeline import make_dataset
+    from tnbc_pipeline.data.pipeline import make_dataset, with_interior
     from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
     index = read_index(records)
@@ -144,13 +145,14 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
     keras.mixed_precision.set_global_policy(precision_policy(cfg.precision))
     strategy = make_strategy(cfg.strategy)
     train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
-                            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad)
+                            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
+                            flip_rot=cfg.flip_rot, interior=cfg.model.interior)
     valid_ds = make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size, skip_bad=skip_bad,
                             ops=cfg.val_ops)
     n_valid = sum(int(b["key"].shape[0]) for b in valid_ds)  # Keras warns on a finite set of unknown size
     if n_valid == 0:
         raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
-    valid_ds = valid_ds.map(lambda b: (b["image"], b["mask"]))
+    valid_ds = valid_ds.map(lambda b: (b["image"], with_interior(b["mask"], cfg.model.interior)))
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)

@@ -5,7 +5,7 @@ so its configs reproduce its models and parameter counts. `build_unet` is the pr
 levels with `base_filters * 2**i` filters, transposed-convolution upsampling, skip concatenations and
 a 1x1 sigmoid head. Fully convolutional: any input whose sides divide by 2**(levels - 1).
 Input: float32 RGB in [0, 1] (see `tnbc_pipeline.data.pipeline.model_input`); output: float32
-nucleus probability (B, H, W, 1).
+probabilities (B, H, W, outputs): channel 0 the nucleus mask, channel 1 (when asked) the nucleus interior.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _block(x, filters: int, kernel: int, batch_norm: bool, dropout: float, name:
     return x
 
 
-def _assemble(levels: int, base_filters: int, block: Callable, name: str) -> keras.Model:
+def _assemble(levels: int, base_filters: int, block: Callable, name: str, outputs: int = 1) -> keras.Model:
     """The U shape both models share: `block(x, filters, level, tag)` per level on the way down (max-pool
     between levels) and up (2x2 transposed conv, skip concatenation), then a float32 1x1 sigmoid head."""
     inputs = keras.Input((None, None, 3), name="image")
@@ -46,19 +46,21 @@ def _assemble(levels: int, base_filters: int, block: Callable, name: str) -> ker
         x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
         x = block(x, base_filters * 2**i, i, f"dec{i}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    return keras.Model(inputs, outputs, name=name)
+    head = layers.Conv2D(outputs, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, head, name=name)
 
 
 def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_norm: bool = True,
-               dropout: float = 0.0, name: str = "unet") -> keras.Model:
+               dropout: float = 0.0, name: str = "unet", outputs: int = 1) -> keras.Model:
     """The default U-Net; see the module docstring."""
     return _assemble(levels, base_filters,
-                     lambda x, filters, level, tag: _block(x, filters, kernel, batch_norm, dropout, tag), name)
+                     lambda x, filters, level, tag: _block(x, filters, kernel, batch_norm, dropout, tag), name,
+                     outputs)
 
 
 def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: int = 3, dilation: int = 1,
-                    dropout_rate: float = 0.05, normalization: bool = False, name: str = "unet_seed") -> keras.Model:
+                    dropout_rate: float = 0.05, normalization: bool = False, name: str = "unet_seed",
+                    outputs: int = 1) -> keras.Model:
     """The old "slightly flexible" U-Net. Level i: `base_filters * 2**i` filters, kernel `base_kernels`
     shrinking by 2 per level to a floor of 3, dilation falling by 1 per level to 1; block =
     Conv -> [BN] -> Dropout(dropout_rate * i) -> Conv -> [BN] (ReLU, he_normal, biases); max-pool between
@@ -80,4 +82,4 @@ def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: i
 
     return _assemble(num_layers, base_filters,
                      lambda x, filters, level, tag: block(x, filters, kernels[level], dilations[level],
-                                                          dropout_rate * level, tag), name)
+                                                          dropout_rate * level, tag), name, outputs)
