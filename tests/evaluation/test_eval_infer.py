@@ -45,6 +45,7 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     chosen = json.loads((run_dir / "threshold.json").read_text())
     assert chosen["chosen_on"] == "valid" and summary["threshold"] == chosen["threshold"]
+    assert summary["instances"] == "components" and summary["min_area"] == 30  # no interior channel, no split
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     splits = json.loads((records.parent / "splits.json").read_text())
     assert {r["patient"] for r in rows} == set(splits["test"]) == set(summary["patients"])

@@ -55,7 +55,8 @@ def run_fold(raw: Path, data_dir: Path, run_dir: Path, fold: int, folds: int, da
 def fold_row(fold: int, summary: dict[str, Any]) -> dict[str, Any]:
     """One CSV row of a fold's eval summary: test patients, images, threshold and the reported metrics."""
     return {"fold": fold, "test_patients": " ".join(summary["patients"]), "images": summary["images"],
-            "threshold": summary["threshold"], **{k: summary["mean_over_images"][k] for k in REPORTED}}
+            "threshold": summary["threshold"], "instances": summary.get("instances", ""),
+            **{k: summary["mean_over_images"][k] for k in REPORTED}}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
