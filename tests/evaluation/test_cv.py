@@ -79,3 +79,12 @@ def test_augmentation_study_regenerates_incrementally_and_resumes(release_root: 
     assert config["flip_rot"] is False
     assert summary["none"]["dice"] == again["none"]["dice"] and summary["settings"]["arms"] == list(small)
     assert (out / "study_metrics.png").stat().st_size > 0
+
+
+def test_study_command_checks_its_flags(release_root: Path) -> None:
+    from tnbc_pipeline.cli import main
+
+    for flag, message in ((["--elastic", "3"], "'3' is not ALPHA:SIGMA"), (["--elastic", "110:0"], "must be > 0"),
+                          (["--fold", "4"], "--fold 4: must be in [0, 4)")):
+        result = CliRunner().invoke(main, ["study", "--raw", str(release_root), *flag])
+        assert result.exit_code != 0 and message in result.output, result.output
