@@ -27,6 +27,8 @@ EPOCHS  ?=
 SPLIT   ?= test
 THRESHOLD ?=
 SPLIT_TOUCHING ?=
+INSTANCES ?=
+MIN_AREA ?=
 TTA     ?=
 IMAGES  ?= $(OUT)/test/images
 MASKS   ?= $(OUT)/test/masks
@@ -73,13 +75,14 @@ train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EP
 	$(TNBC) train --config $(TRAIN_CONFIG) --records $(OUT)/tfrecords --run-dir $(RUN) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
-eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= SPLIT_TOUCHING=1 TTA=1
-	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(if $(THRESHOLD),--threshold $(THRESHOLD)) \
-		$(if $(SPLIT_TOUCHING),--split-touching) $(if $(TTA),--tta)
+POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(SPLIT_TOUCHING),--split-touching) $(if $(TTA),--tta) \
+	$(if $(INSTANCES),--instances $(INSTANCES)) $(if $(MIN_AREA),--min-area $(MIN_AREA))
 
-infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): TTA=1
-	$(TNBC) infer --run-dir $(RUN) --images $(IMAGES) --out $(INFER_OUT) $(if $(MASKS),--masks $(MASKS)) \
-		$(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(TTA),--tta)
+eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= SPLIT_TOUCHING=1 TTA=1 INSTANCES= MIN_AREA=
+	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(POST_FLAGS)
+
+infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): TTA=1 INSTANCES= MIN_AREA=
+	$(TNBC) infer --run-dir $(RUN) --images $(IMAGES) --out $(INFER_OUT) $(if $(MASKS),--masks $(MASKS)) $(POST_FLAGS)
 
 all: dataset records train eval infer ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 

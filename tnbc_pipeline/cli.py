@@ -211,19 +211,24 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
 @click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
               help="Predicted objects under this many pixels are removed.")
+@click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]), default="auto",
+              show_default=True, help="How touching predicted nuclei are separated (auto: the interior channel "
+              "if the model has one, else the watershed with --split-touching, else components).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: RUN/eval_SPLIT].")
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
-                     split_touching: bool, tta: bool, all_ops: bool, min_area: int) -> None:
+                     split_touching: bool, tta: bool, all_ops: bool, min_area: int, instances: str,
+                     out: Path | None) -> None:
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
-    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, min_area,
+    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, min_area, instances, out,
                        progress=obj["progress"])
     means = summary["mean_over_images"]
     click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
                f"threshold {summary['threshold']:.2f}, nuclei by {summary['instances']}")
     click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))
-    click.echo(f"-> {run_dir / ('eval_' + split)}")
+    click.echo(f"-> {out or run_dir / ('eval_' + split)}")
 
 
 @main.command()
@@ -237,13 +242,16 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 @click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (distance watershed).")
 @click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
               help="Predicted objects under this many pixels are removed.")
+@click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]), default="auto",
+              show_default=True, help="How touching predicted nuclei are separated (as in eval).")
 @click.pass_obj
 def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
-          tta: bool, split_touching: bool, min_area: int) -> None:
+          tta: bool, split_touching: bool, min_area: int, instances: str) -> None:
     """Masks, probabilities and overlays for any folder of images."""
     from tnbc_pipeline.evaluation.infer import infer as run_infer
 
-    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, min_area, progress=obj["progress"])
+    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, min_area, instances,
+                     progress=obj["progress"])
     if rows:
         click.echo("  ".join(f"{k} {_mean([r[k] for r in rows]):.4f}" for k in ("dice", "aji", "f1", "pq")))
     click.echo(f"-> {out}")

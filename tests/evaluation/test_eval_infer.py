@@ -70,6 +70,13 @@ def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, 
     summary = evaluate(tmp_path / "run", records, "test", split_touching=True, min_area=5, progress=False)
     assert summary["instances"] == "interior" and summary["min_area"] == 5
     assert 0 <= summary["mean_over_images"]["aji"] <= 1
+    plain = evaluate(tmp_path / "run", records, "test", min_area=5, instances="components", out=tmp_path / "cc",
+                     progress=False)
+    assert plain["instances"] == "components" and plain["mean_over_images"]["dice"] == summary["mean_over_images"]["dice"]
+    assert json.loads((tmp_path / "run" / "eval_test" / "summary.json").read_text())["instances"] == "interior"
+    assert json.loads((tmp_path / "cc" / "summary.json").read_text())["instances"] == "components"
+    with pytest.raises(TnbcError, match="no interior channel"):
+        evaluate(run[0], records, "test", instances="interior", progress=False)
     images = records.parent / "test" / "images"
     rows = infer(tmp_path / "run", images, tmp_path / "out", masks=records.parent / "test" / "masks", progress=False)
     assert len(rows) == len(list(images.iterdir()))

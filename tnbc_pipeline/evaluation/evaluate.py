@@ -34,6 +34,7 @@ from tnbc_pipeline.io import sha256_file, write_csv, write_json
 log = logging.getLogger(__name__)
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))  # 0.2..0.8 was hit at both ends
+INSTANCES = ("components", "watershed", "interior")
 METRICS = ("dice", "iou", "precision", "recall", "accuracy", "aji", "f1", "pq", "dq", "sq", "bce")
 
 
@@ -68,9 +69,16 @@ class RunModel:
                              multiple=self.multiple, tta=self.tta)
         return maps[..., 0], (maps[..., 1] if self.has_interior else None)
 
-    def instances(self, split_touching: bool) -> str:
-        """How nuclei are separated for this model: interior | watershed | components."""
-        return "interior" if self.has_interior else ("watershed" if split_touching else "components")
+    def instances(self, split_touching: bool, requested: str = "auto") -> str:
+        """How predicted nuclei are separated: `requested` (components | watershed | interior), or for
+        "auto" the interior channel when the model has one, else the watershed if `split_touching`."""
+        if requested == "auto":
+            return "interior" if self.has_interior else ("watershed" if split_touching else "components")
+        if requested == "interior" and not self.has_interior:
+            raise TnbcError(f"{self.run_dir}: the model has no interior channel (train with model.interior > 0)")
+        if requested not in INSTANCES:
+            raise TnbcError(f"instances must be one of auto, {', '.join(INSTANCES)}; got '{requested}'")
+        return requested
 
     def chosen_threshold(self) -> float | None:
         """threshold.json's value if it was chosen for this very model (same sha256), else None."""
@@ -86,6 +94,14 @@ class RunModel:
         """The chosen threshold, else 0.5."""
         chosen = self.chosen_threshold()
         return 0.5 if chosen is None else chosen
+
+
+def post_process(prob: np.ndarray, interior: np.ndarray | None, threshold: float, min_area: int,
+                 instances: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Probability maps -> (bool mask (H, W) without objects under `min_area` px, keyword arguments of
+    `image_metrics` / `instance_labels` that separate its nuclei the `instances` way)."""
+    mask = remove_small(prob > threshold, min_area)
+    return mask, {"split": instances == "watershed", "interior": interior if instances == "interior" else None}
 
 
 def _examples(records: Path, split: str, all_ops: bool):
@@ -121,11 +137,14 @@ def _bce(truth: np.ndarray, prob: np.ndarray) -> float:
 
 def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float | None = None,
              split_touching: bool = False, tta: bool = False, all_ops: bool = False,
-             min_area: int = MIN_AREA, progress: bool = True) -> dict[str, Any]:
-    """Score the run on `split`; write eval_{split}/ (see the module docstring); return summary.json."""
+             min_area: int = MIN_AREA, instances: str = "auto", out: Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Score the run on `split`; write `out` (default RUN/eval_{split}/, see the module docstring);
+    return summary.json."""
     from tnbc_pipeline.evaluation.plots import image_grid
 
     run = RunModel(run_dir, tta=tta)
+    mode = run.instances(split_touching, instances)
     source = "given"
     if threshold is None:
         threshold = run.chosen_threshold()
@@ -136,14 +155,14 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float
     for image, truth, key, patient, op in tqdm(list(_examples(records, split, all_ops)), desc=f"eval {split}",
                                                disable=not progress):
         prob, interior = run.predict(image)
-        pred = remove_small(prob > threshold, min_area)
-        m = image_metrics(truth, pred, split=split_touching, interior=interior)
+        pred, how = post_process(prob, interior, threshold, min_area, mode)
+        m = image_metrics(truth, pred, **how)
         rows.append({"key": key, "patient": patient, "op": op, **{k: round(float(m[k]), 5) for k in METRICS[:-1]},
                      "bce": round(_bce(truth, prob), 5), **{k: m[k] for k in ("tp", "fp", "fn", "n_true", "n_pred")}})
         shown.append((m["aji"], key, image, truth, pred))
     if not rows:
         raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
-    out = run.run_dir / f"eval_{split}"
+    out = Path(out) if out is not None else run.run_dir / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "per_image.csv", rows)
     patients = sorted({r["patient"] for r in rows})
@@ -160,7 +179,7 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", threshold: float
     image_grid([[img, truth, pred] for _, _, img, truth, pred in picks], ["image", "truth", "prediction"],
                out / "comparison.png", row_labels=[f"{key} AJI {a:.2f}" for a, key, *_ in picks])
     summary = {"split": split, "images": len(rows), "patients": patients, "threshold": threshold,
-               "threshold_source": source, "split_touching": split_touching, "instances": run.instances(split_touching),
+               "threshold_source": source, "split_touching": split_touching, "instances": mode,
                "min_area": min_area, "tta": tta, "all_ops": all_ops,
                "mean_over_images": means,
                "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5) for k in METRICS}}

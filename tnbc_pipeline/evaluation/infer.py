@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.evaluation.evaluate import RunModel
-from tnbc_pipeline.evaluation.metrics import MIN_AREA, image_metrics, instance_labels, remove_small
+from tnbc_pipeline.evaluation.evaluate import RunModel, post_process
+from tnbc_pipeline.evaluation.metrics import MIN_AREA, image_metrics, instance_labels
 from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, write_csv
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None, tta: bool = False,
           masks: Path | None = None, split_touching: bool = False, min_area: int = MIN_AREA,
-          progress: bool = True) -> list[dict[str, Any]]:
+          instances: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
     """Predict every image in `images` into `out`; return metric rows when `masks` is given."""
     from tnbc_pipeline.evaluation.plots import image_grid
 
@@ -83,14 +83,15 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
         raise TnbcError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
     run = RunModel(run_dir, tta=tta)
     threshold = run.threshold() if threshold is None else threshold
+    mode = run.instances(split_touching, instances)
     for sub in ("masks", "probabilities", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows, grid = [], []
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
         image = read_image(path)
         prob, interior = run.predict(image.astype(np.float32) / 255.0)
-        mask = remove_small(prob > threshold, min_area)
-        labels = instance_labels(mask, split_touching, interior=interior)
+        mask, how = post_process(prob, interior, threshold, min_area, mode)
+        labels = instance_labels(mask, **how)
         name = f"{path.stem}.png"
         atomic_write_bytes(out / "masks" / name, encode_png(np.where(mask, 255, 0).astype(np.uint8)))
         atomic_write_bytes(out / "probabilities" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
@@ -102,7 +103,7 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
             truth = read_mask(candidates[0])
             if truth.shape != mask.shape:
                 raise TnbcError(f"{candidates[0]}: mask size {truth.shape} differs from its image {mask.shape}")
-            m = image_metrics(truth, mask, split=split_touching, interior=interior)
+            m = image_metrics(truth, mask, **how)
             rows.append({"image": path.name, **{k: round(float(v), 5) for k, v in m.items()}})
             if len(grid) < 6:
                 grid.append([image, truth, mask])
