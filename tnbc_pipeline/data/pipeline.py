@@ -101,7 +101,7 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
-    (B, patch, patch, 1)) batches, deterministic for a given seed.
+    (B, patch, patch, 1, or 2 with `interior`)) batches, deterministic for a given seed.
     training=False: one pass of {'image', 'mask', 'key', 'patient', 'op'} whole images, batched by
     `batch_size` (images of one batch must share a size); `ops` keeps only items of those ops.
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
