@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -200,6 +201,22 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
                + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_")))
 
 
+def _post_processing(command: Callable) -> Callable:
+    """eval's and infer's shared post-processing options: --min-area and --instances."""
+    command = click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]),
+                           default="auto", show_default=True,
+                           help="How touching predicted nuclei are separated (auto: the interior channel if the "
+                           "model has one, else the watershed with --split-touching, else components).")(command)
+    return click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
+                        help="Predicted objects under this many pixels are removed.")(command)
+
+
+def _check_folds(only: tuple[int, ...], folds: int) -> None:
+    for i in only:
+        if not 0 <= i < folds:
+            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+
+
 @main.command("eval")
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
@@ -209,11 +226,7 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (watershed) first.")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
-@click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
-              help="Predicted objects under this many pixels are removed.")
-@click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]), default="auto",
-              show_default=True, help="How touching predicted nuclei are separated (auto: the interior channel "
-              "if the model has one, else the watershed with --split-touching, else components).")
+@_post_processing
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: RUN/eval_SPLIT].")
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
@@ -240,10 +253,7 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
               help="Probability threshold [default: RUN/threshold.json, else 0.5].")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (distance watershed).")
-@click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
-              help="Predicted objects under this many pixels are removed.")
-@click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]), default="auto",
-              show_default=True, help="How touching predicted nuclei are separated (as in eval).")
+@_post_processing
 @click.pass_obj
 def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
           tta: bool, split_touching: bool, min_area: int, instances: str) -> None:
@@ -276,9 +286,7 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.evaluation.cv import REPORTED, cross_validate
 
-    for i in only:
-        if not 0 <= i < folds:
-            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+    _check_folds(only, folds)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, split_touching, workers,
@@ -323,9 +331,7 @@ def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], el
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.evaluation.study import DEFAULT_ELASTIC, augmentation_study
 
-    for i in only:
-        if not 0 <= i < folds:
-            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+    _check_folds(only, folds)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.evaluate import RunModel, post_process
-from tnbc_pipeline.evaluation.metrics import MIN_AREA, image_metrics, instance_labels
+from tnbc_pipeline.evaluation.metrics import (MIN_AREA, instance_labels, instance_metrics, label_instances,
+                                              pixel_metrics)
 from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, write_csv
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None
             truth = read_mask(candidates[0])
             if truth.shape != mask.shape:
                 raise TnbcError(f"{candidates[0]}: mask size {truth.shape} differs from its image {mask.shape}")
-            m = image_metrics(truth, mask, **how)
+            m = {**pixel_metrics(truth, mask), **instance_metrics(label_instances(truth), labels)}  # labels: once
             rows.append({"image": path.name, **{k: round(float(v), 5) for k, v in m.items()}})
             if len(grid) < 6:
                 grid.append([image, truth, mask])

@@ -44,8 +44,8 @@ def arms(base: DatasetConfig, elastic: tuple[tuple[float, float], ...] = DEFAULT
     """Arm name -> (dataset config, online flip/rot90), in regeneration order; `base` gives everything
     but the augmentation (seed, split, PNG settings) and is itself the `full` arm."""
     aug = base.augment
-    fliprot = dataclasses.replace(AugmentConfig(), alpha=(), sigma=(), distort=(), shrink=(), flips=True,
-                                  rotations=AugmentConfig().rotations, splits=aug.splits or ("train", "valid"))
+    # The defaults' flips and rotations, nothing else.
+    fliprot = AugmentConfig(alpha=(), sigma=(), distort=(), shrink=(), splits=aug.splits or ("train", "valid"))
     out = {"none": (dataclasses.replace(base, augment=dataclasses.replace(fliprot, splits=())), False),
            "fliprot": (dataclasses.replace(base, augment=fliprot), True)}
     for alpha, sigma in elastic:
