@@ -26,7 +26,6 @@ RUN     ?= runs/$(basename $(notdir $(TRAIN_CONFIG)))
 EPOCHS  ?=
 SPLIT   ?= test
 THRESHOLD ?=
-SPLIT_TOUCHING ?=
 INSTANCES ?=
 MIN_AREA ?=
 TTA     ?=
@@ -75,25 +74,26 @@ train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EP
 	$(TNBC) train --config $(TRAIN_CONFIG) --records $(OUT)/tfrecords --run-dir $(RUN) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
-POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(SPLIT_TOUCHING),--split-touching) $(if $(TTA),--tta) \
+POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(TTA),--tta) \
 	$(if $(INSTANCES),--instances $(INSTANCES)) $(if $(MIN_AREA),--min-area $(MIN_AREA))
 
-eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= SPLIT_TOUCHING=1 TTA=1 INSTANCES= MIN_AREA=
+eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= TTA=1 INSTANCES= MIN_AREA=
 	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(POST_FLAGS)
 
-infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): TTA=1 INSTANCES= MIN_AREA=
+infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): THRESHOLD= TTA=1 INSTANCES= MIN_AREA=
 	$(TNBC) infer --run-dir $(RUN) --images $(IMAGES) --out $(INFER_OUT) $(if $(MASKS),--masks $(MASKS)) $(POST_FLAGS)
 
 all: dataset records train eval infer ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
-cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= TRAIN_CONFIG= EPOCHS= SPLIT_TOUCHING=1
+cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= FOLD= TRAIN_CONFIG= EPOCHS= INSTANCES= MIN_AREA= TTA=1 FORCE=1
 	$(TNBC) cv --raw $(RAW) --out $(CV_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
-		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SPLIT_TOUCHING),--split-touching)
+		$(foreach f,$(FOLD),--fold $(f)) $(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(POST_FLAGS) $(if $(FORCE),--force)
 
-study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS=
+study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS= FORCE=1
 	$(TNBC) study --raw $(RAW) --out $(STUDY_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
 		$(foreach f,$(FOLD),--fold $(f)) $(foreach e,$(ELASTIC),--elastic $(e)) \
-		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SPLIT_TOUCHING),--split-touching)
+		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(POST_FLAGS) $(if $(FORCE),--force)
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q

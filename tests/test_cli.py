@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from tnbc_pipeline.cli import main
 
-STAGES = ["fetch", "synth", "dataset", "records", "train", "eval", "infer"]
+STAGES = ["fetch", "synth", "dataset", "records", "train", "eval", "infer", "cv", "study"]
 
 
 def test_help_lists_every_stage_without_heavy_imports() -> None:
@@ -56,3 +56,15 @@ def test_synth_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--size", "64", "--seed", "2"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "TNBC_NucleiSegmentation").glob("Slide_*/*.png"))) == 50
+
+
+def test_choices_are_written_once() -> None:
+    """The click choices are the config's Literal types, so a name cannot drift between them."""
+    from tnbc_pipeline.config import InstanceMethod, LossName, ModelName, StrategyName, choices
+
+    params = {c: {p.name: p for p in main.commands[c].params} for c in ("train", "eval", "infer", "cv")}
+    assert list(params["train"]["loss"].type.choices) == list(choices(LossName))
+    assert list(params["train"]["model_name"].type.choices) == list(choices(ModelName))
+    assert list(params["train"]["strategy"].type.choices) == list(choices(StrategyName))
+    for command in ("eval", "infer", "cv"):
+        assert list(params[command]["instances"].type.choices) == ["auto", *choices(InstanceMethod)]

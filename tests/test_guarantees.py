@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import tree_digest
@@ -152,14 +152,30 @@ def test_palette_pngs_are_read_as_rgb(tmp_path: Path) -> None:
     assert image.shape == (2, 2, 3) and tuple(image[0, 0]) == (255, 0, 0) and tuple(image[0, 1]) == (0, 0, 255)
 
 
+_VALID_PNG = cv2.imencode(".png", np.where(np.eye(3, 5, dtype=bool), 255, 0).astype(np.uint8))[1].tobytes()
+
+
+@example(data=_VALID_PNG[8:], flip=None)
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300))
-def test_png_decoders_fail_only_with_the_project_error(data: bytes) -> None:
-    for decode in (decode_image, decode_mask):
+@given(st.one_of(st.binary(max_size=300), st.just(_VALID_PNG[8:])),
+       st.one_of(st.none(), st.tuples(st.integers(0, len(_VALID_PNG) - 9), st.integers(0, 255))))
+def test_png_decoders_fail_only_with_the_project_error(data: bytes, flip) -> None:
+    """Any bytes after the signature (or a valid PNG with one byte changed) decode to a well-formed array
+    whose size is the header's, or fail with the project's error -- nothing else."""
+    if flip is not None and flip[0] < len(data):
+        data = data[: flip[0]] + bytes([flip[1]]) + data[flip[0] + 1 :]
+    png = b"\x89PNG\r\n\x1a\n" + data
+    for decode, channels in ((decode_image, (3,)), (decode_mask, ())):
         try:
-            decode(b"\x89PNG\r\n\x1a\n" + data, "fuzz.png")
+            arr = decode(png, "fuzz.png")
         except TnbcError:
-            pass
+            continue
+        width, height = struct.unpack(">II", png[16:24])
+        assert arr.dtype == np.uint8 and arr.shape == (height, width, *channels)
+        if decode is decode_mask:
+            assert set(np.unique(arr)) <= {0, 255}
+    if png == _VALID_PNG:  # the unchanged file decodes as its mask
+        assert np.array_equal(decode_mask(png, "ok.png") > 0, np.eye(3, 5, dtype=bool))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,3 +1,3 @@
 """tnbc_pipeline: an honest, reproducible TNBC nuclei-segmentation pipeline."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from tnbc_pipeline import __version__
+from tnbc_pipeline.config import (Compression, InstanceMethod, LossName, ModelName, PrecisionName, StrategyName,
+                                  choices)
 from tnbc_pipeline.errors import TnbcError
 
 log = logging.getLogger("tnbc_pipeline")
@@ -130,7 +132,7 @@ def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tu
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file with the records keys (see configs/records.toml).")
 @click.option("--shard-mb", type=float, help="Target shard size in MiB [default: 100].")
-@click.option("--compression", type=click.Choice(["none", "gzip"]), help="Shard compression [default: none].")
+@click.option("--compression", type=click.Choice(choices(Compression)), help="Shard compression [default: none].")
 @click.option("--verify", is_flag=True, help="Only check: re-hash every shard and parse every record.")
 @click.option("--force", is_flag=True, help="Rebuild even if the dataset is unchanged.")
 @click.pass_obj
@@ -166,7 +168,7 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
               help="TOML (configs/quick.toml, configs/tnbc.toml) or the old train_eval_infer.config (INI).")
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Run folder [default: runs/<config name>].")
-@click.option("--model", "model_name", type=click.Choice(["unet", "unet_seed"]), help="Model to build.")
+@click.option("--model", "model_name", type=click.Choice(choices(ModelName)), help="Model to build.")
 @click.option("--interior", type=click.IntRange(0, 16),
               help="Add the interior channel (mask eroded by this many px) that splits touching nuclei; 0: off.")
 @click.option("--epochs", type=int)
@@ -174,10 +176,10 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--batch-size", type=int, help="Global batch size.")
 @click.option("--patch", type=int, help="Training crop side in pixels.")
 @click.option("--lr", type=float, help="Initial learning rate.")
-@click.option("--loss", type=click.Choice(["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]))
+@click.option("--loss", type=click.Choice(choices(LossName)))
 @click.option("--seed", type=int)
-@click.option("--strategy", type=click.Choice(["auto", "one_device", "mirrored", "multi_worker"]))
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]))
+@click.option("--strategy", type=click.Choice(choices(StrategyName)))
+@click.option("--precision", type=click.Choice(choices(PrecisionName)))
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the training step.")
 @click.option("--skip-bad-shards", is_flag=True, help="Leave out corrupted shards with a warning.")
 @click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
@@ -202,13 +204,36 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 
 
 def _post_processing(command: Callable) -> Callable:
-    """eval's and infer's shared post-processing options: --min-area and --instances."""
-    command = click.option("--instances", type=click.Choice(["auto", "components", "watershed", "interior"]),
-                           default="auto", show_default=True,
-                           help="How touching predicted nuclei are separated (auto: the interior channel if the "
-                           "model has one, else the watershed with --split-touching, else components).")(command)
-    return click.option("--min-area", type=click.IntRange(0, 10_000), default=30, show_default=True,
-                        help="Predicted objects under this many pixels are removed.")(command)
+    """The post-processing options eval, infer, cv and study share; each given one overrides that field
+    of the run's saved post-processing (RUN/postprocess.json), the rest stay as saved (or chosen on valid)."""
+    options = [
+        click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Mask probability threshold [default: chosen on valid, saved as RUN/postprocess.json]."),
+        click.option("--min-area", type=click.IntRange(0, 10_000),
+                     help="Remove predicted objects under this many pixels [default: saved, else 30]."),
+        click.option("--instances", type=click.Choice(["auto", *choices(InstanceMethod)]),
+                     help="How touching predicted nuclei are separated [default: saved, else auto = the interior "
+                     "channel when the model has one, else components]."),
+        click.option("--core-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Interior probability threshold of a nucleus core [default: saved, else 0.5]."),
+        click.option("--split-touching", is_flag=True,
+                     help="Alias of --instances watershed (kept from earlier versions)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _overrides(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+               split_touching: bool) -> dict[str, Any]:
+    """The PostProcess fields the user gave, by name."""
+    if split_touching:
+        if instances not in (None, "watershed"):
+            raise TnbcError(f"--split-touching is --instances watershed; it contradicts --instances {instances}")
+        instances = "watershed"
+    given = {"threshold": threshold, "min_area": min_area, "instances": None if instances == "auto" else instances,
+             "core_threshold": core_threshold}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _check_folds(only: tuple[int, ...], folds: int) -> None:
@@ -221,25 +246,24 @@ def _check_folds(only: tuple[int, ...], folds: int) -> None:
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Probability threshold [default: chosen on valid, saved as RUN/threshold.json].")
-@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (watershed) first.")
+@_post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
-@_post_processing
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: RUN/eval_SPLIT].")
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
-                     split_touching: bool, tta: bool, all_ops: bool, min_area: int, instances: str,
-                     out: Path | None) -> None:
+                     min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
+                     tta: bool, all_ops: bool, out: Path | None) -> None:
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
-    summary = evaluate(run_dir, records, split, threshold, split_touching, tta, all_ops, min_area, instances, out,
-                       progress=obj["progress"])
+    overrides = _overrides(threshold, min_area, instances, core_threshold, split_touching)
+    summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, progress=obj["progress"])
     means = summary["mean_over_images"]
+    post = summary["postprocess"]
     click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
-               f"threshold {summary['threshold']:.2f}, nuclei by {summary['instances']}")
+               f"threshold {post['threshold']:.2f} ({summary['postprocess_source']}), min area {post['min_area']}, "
+               f"nuclei by {post['instances']}")
     click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))
     click.echo(f"-> {out or run_dir / ('eval_' + split)}")
 
@@ -249,24 +273,31 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images (any size).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--masks", type=click.Path(path_type=Path), help="Truth masks (same stems): adds metrics.csv + comparison.png.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Probability threshold [default: RUN/threshold.json, else 0.5].")
-@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
-@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei (distance watershed).")
 @_post_processing
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.pass_obj
 def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
-          tta: bool, split_touching: bool, min_area: int, instances: str) -> None:
+          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
+          tta: bool) -> None:
     """Masks, probabilities and overlays for any folder of images."""
-    from tnbc_pipeline.evaluation.infer import infer as run_infer
+    from tnbc_pipeline.evaluation.tables import MaskScorer
+    from tnbc_pipeline.inference.infer import infer as run_infer
 
-    rows = run_infer(run_dir, images, out, threshold, tta, masks, split_touching, min_area, instances,
-                     progress=obj["progress"])
-    if rows:
-        click.echo("  ".join(f"{k} {_mean([r[k] for r in rows]):.4f}" for k in ("dice", "aji", "f1", "pq")))
-    click.echo(f"-> {out}")
+    overrides = _overrides(threshold, min_area, instances, core_threshold, split_touching)
+    scorer = MaskScorer(masks) if masks is not None else None
+    record = run_infer(run_dir, images, out, overrides, tta, on_image=scorer, progress=obj["progress"])
+    if scorer is not None:
+        scorer.write(out)
+        click.echo("  ".join(f"{k} {v:.4f}" for k, v in scorer.means().items()))
+    post = record["postprocess"]
+    click.echo(f"threshold {post['threshold']:.2f} ({record['source']}), nuclei by {post['instances']} -> {out}")
 
 
+def _scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+             split_touching: bool, tta: bool):
+    from tnbc_pipeline.experiments.cv import Scoring
+
+    return Scoring(_overrides(threshold, min_area, instances, core_threshold, split_touching), tta)
 
 
 @main.command()
@@ -277,20 +308,25 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
-@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei before instance metrics.")
+@_post_processing
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
+@click.option("--force", is_flag=True, help="Retrain folds whose run was made with other settings (else refused).")
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
-       train_config: Path | None, epochs: int | None, split_touching: bool, workers: int | None) -> None:
+       train_config: Path | None, epochs: int | None, threshold: float | None, min_area: int | None,
+       instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool, workers: int | None,
+       force: bool) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
-    from tnbc_pipeline.evaluation.cv import REPORTED, cross_validate
+    from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
 
     _check_folds(only, folds)
+    scoring = _scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
-    summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, split_touching, workers,
-                             progress=obj["progress"])
+    summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
+                             progress=obj["progress"], force=force)
     for k in REPORTED:
         click.echo(f"{k:<10} {summary[k]['mean']:.4f} +- {summary[k]['sd']:.4f}  "
                    + " ".join(f"{v:.3f}" for v in summary[k]["folds"]))
@@ -321,31 +357,31 @@ def _alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, 
               help="Dataset TOML: seed, split, PNG settings, and the 'full' arm's augmentation.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
-@click.option("--split-touching", is_flag=True, help="Separate touching predicted nuclei before instance metrics.")
+@_post_processing
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
+@click.option("--force", is_flag=True, help="Retrain arms whose run was made with other settings (else refused).")
 @click.pass_obj
 def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], elastic: tuple[tuple[float, float], ...],
-          dataset_config: Path | None, train_config: Path | None, epochs: int | None, split_touching: bool,
-          workers: int | None) -> None:
+          dataset_config: Path | None, train_config: Path | None, epochs: int | None, threshold: float | None,
+          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool,
+          workers: int | None, force: bool) -> None:
     """Augmentation study: none / flips+rotations / + each elastic setting / + distortion and shrink."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
-    from tnbc_pipeline.evaluation.study import DEFAULT_ELASTIC, augmentation_study
+    from tnbc_pipeline.experiments.study import DEFAULT_ELASTIC, augmentation_study
 
     _check_folds(only, folds)
+    scoring = _scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,
-                                 elastic or DEFAULT_ELASTIC, split_touching, workers, progress=obj["progress"])
+                                 elastic or DEFAULT_ELASTIC, scoring, workers, progress=obj["progress"], force=force)
     click.echo(f"{'arm':<20} {'dice':>6} {'aji':>6} {'f1':>6} {'pq':>6}  regen s  elastic mean px")
     for arm in summary["settings"]["arms"]:
         a = summary[arm]
         click.echo(f"{arm:<20} " + " ".join(f"{a[k]['mean']:6.3f}" for k in ("dice", "aji", "f1", "pq"))
                    + f"  {sum(a['regen_seconds']) / len(a['regen_seconds']):7.1f}  {a['elastic_mean_disp_px']}")
     click.echo(f"-> {out}")
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 if __name__ == "__main__":

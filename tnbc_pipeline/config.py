@@ -14,12 +14,40 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tnbc_pipeline.errors import TnbcError
 
 SPLITS = ("train", "valid", "test")
 T = TypeVar("T")
+
+# Every named choice, written once: the dataclasses check against these and the click choices derive
+# from them (`choices(LossName)`), so a name cannot drift between the config and the command line.
+PngStrategy = Literal["rle", "default", "filtered", "huffman", "fixed"]
+Compression = Literal["none", "gzip"]
+ModelName = Literal["unet", "unet_seed"]
+LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
+OptimizerName = Literal["adam", "adamw"]
+StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
+PrecisionName = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+InstanceMethod = Literal["components", "watershed", "interior"]
+Channel = Literal["mask", "interior"]
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The names a Literal type allows, in their written order."""
+    return typing.get_args(literal)
+
+
+# The output-channel map: a model's channels are a prefix of this order (ModelConfig.channels), so the
+# mask is always channel MASK_CHANNEL; losses, metrics, callbacks, eval and infer all read it from here.
+CHANNEL_ORDER: tuple[Channel, ...] = choices(Channel)
+MASK_CHANNEL = CHANNEL_ORDER.index("mask")
+
+
+def _check_choice(value: Any, literal: Any, key: str, what: str = "value") -> None:
+    if value not in choices(literal):
+        raise TnbcError(f"{key}: unknown {what} '{value}' (expected {' | '.join(choices(literal))})")
 
 
 @dataclass(frozen=True)
@@ -99,7 +127,7 @@ class DatasetConfig:
     seed: int = 0  # global augmentation seed; each variant's stream derives from (seed, key, op, params)
     mask_threshold: int | None = None  # None: masks must be exactly {0,255}; else nucleus = value > threshold
     png_compression: int = 1  # zlib level 0-9 for written PNGs (lossless at any level)
-    png_strategy: str = "rle"  # zlib strategy: rle | default | filtered | huffman | fixed
+    png_strategy: PngStrategy = "rle"  # zlib strategy for written PNGs
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -108,13 +136,16 @@ class DatasetConfig:
             raise TnbcError(f"mask_threshold must be in [0, 255), got {self.mask_threshold}")
         if not 0 <= self.png_compression <= 9:
             raise TnbcError(f"png_compression must be in 0..9, got {self.png_compression}")
-        if self.png_strategy not in ("rle", "default", "filtered", "huffman", "fixed"):
-            raise TnbcError(f"png_strategy: unknown strategy '{self.png_strategy}'")
+        _check_choice(self.png_strategy, PngStrategy, "png_strategy", "strategy")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check one TOML/CLI value against a field's type hint; return it in the field's type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:  # the dataclass names the unknown choice; here only the type is checked
+        if not isinstance(value, str):
+            raise TnbcError(f"{key}: expected one of {' | '.join(args)}, got {type(value).__name__} {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -198,21 +229,20 @@ class RecordsConfig:
     """How `tnbc records` packs the dataset into TFRecord shards."""
 
     shard_mb: float = 100.0  # target shard size in MiB; a split smaller than this gets one shard
-    compression: str = "none"  # none | gzip (PNG bytes barely compress: gzip mostly costs read time)
+    compression: Compression = "none"  # PNG bytes barely compress: gzip mostly costs read time
     seed: int = 0  # fixed shuffle of items before sharding, so every shard mixes patients and ops
 
     def __post_init__(self) -> None:
         if not self.shard_mb > 0:
             raise TnbcError(f"shard_mb must be > 0, got {self.shard_mb}")
-        if self.compression not in ("none", "gzip"):
-            raise TnbcError(f"compression must be 'none' or 'gzip', got '{self.compression}'")
+        _check_choice(self.compression, Compression, "compression")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which U-Net to build and its shape."""
 
-    name: str = "unet"  # unet (the default: BatchNorm, 3x3) | unet_seed (the old system's model)
+    name: ModelName = "unet"  # unet (the default: BatchNorm, 3x3) | unet_seed (the old system's model)
     levels: int = 5  # resolution levels; patch sides must divide by 2**(levels - 1)
     base_filters: int = 16  # filters at level 0, doubling per level
     kernel: int = 3  # kernel side (unet_seed: at level 0, shrinking by 2 per level to 3)
@@ -223,8 +253,7 @@ class ModelConfig:
     #                    whose components split touching nuclei at evaluation; 0: the mask channel only
 
     def __post_init__(self) -> None:
-        if self.name not in ("unet", "unet_seed"):
-            raise TnbcError(f"model.name must be 'unet' or 'unet_seed', got '{self.name}'")
+        _check_choice(self.name, ModelName, "model.name", "model")
         if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
         if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:
@@ -233,9 +262,15 @@ class ModelConfig:
             raise TnbcError(f"model.interior must be 0 (off) to 16 px, got {self.interior}")
 
     @property
+    def channels(self) -> tuple[Channel, ...]:
+        """The output-channel map: channel i of the model's output holds `channels[i]` -- the nucleus mask
+        first, then the interior when `interior` > 0. Losses, metrics, eval and infer all read it."""
+        return CHANNEL_ORDER[: 2 if self.interior else 1]
+
+    @property
     def outputs(self) -> int:
-        """Output channels: the nucleus mask, plus the interior when `interior` > 0."""
-        return 2 if self.interior else 1
+        """Number of output channels."""
+        return len(self.channels)
 
 
 @dataclass(frozen=True)
@@ -247,11 +282,11 @@ class TrainConfig:
     steps_per_epoch: int = 100  # training batches per epoch (the training stream is endless)
     batch_size: int = 8  # global batch; a distribution strategy splits it across replicas
     patch: int = 256  # training crop side (random crop + flips + rot90, on the fly)
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: OptimizerName = "adam"
     lr: float = 1e-3  # initial learning rate
     weight_decay: float = 1e-4  # adamw only
     clipvalue: float = 0.3  # gradient value clipping (the old system's 0.3)
-    loss: str = "bce_dice"  # bce | dice | bce_dice | iou | bce_iou | focal | tversky
+    loss: LossName = "bce_dice"  # over every output channel
     patience: int = 10  # EarlyStopping on val_loss (best weights restored)
     reduce_lr_factor: float = 0.2  # ReduceLROnPlateau factor on val_loss (1.0: off)
     reduce_lr_patience: int = 4  # epochs without improvement before the learning rate drops
@@ -261,8 +296,8 @@ class TrainConfig:
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
-    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
-    precision: str = "auto"  # auto (mixed_float16 on GPUs of compute capability >= 7) | float32 | mixed_*
+    strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device
+    precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs of compute capability >= 7, else float32
     jit: bool = False  # XLA-compile the train step (helps on GPUs; off by default since it is off on CPU)
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -273,16 +308,39 @@ class TrainConfig:
                 raise TnbcError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patch % 2 ** (self.model.levels - 1):
             raise TnbcError(f"patch {self.patch} must divide by 2**(levels - 1) = {2 ** (self.model.levels - 1)}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise TnbcError(f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'")
-        if self.loss not in ("bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"):
-            raise TnbcError(f"loss: unknown loss '{self.loss}'")
+        _check_choice(self.optimizer, OptimizerName, "optimizer", "optimizer")
+        _check_choice(self.loss, LossName, "loss", "loss")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
             raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
-        if self.strategy not in ("auto", "one_device", "mirrored", "multi_worker"):
-            raise TnbcError(f"strategy: unknown strategy '{self.strategy}'")
-        if self.precision not in ("auto", "float32", "mixed_float16", "mixed_bfloat16"):
-            raise TnbcError(f"precision: unknown policy '{self.precision}'")
+        _check_choice(self.strategy, StrategyName, "strategy", "strategy")
+        _check_choice(self.precision, PrecisionName, "precision", "policy")
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """How a model's probabilities become nuclei. `tnbc eval` chooses it on the valid split and saves it
+    beside the model (RUN/postprocess.json, bound to the model's sha256); infer, cv and study use it."""
+
+    threshold: float = 0.5  # a pixel is nucleus where the mask probability exceeds this
+    min_area: int = 30  # predicted objects under this many px are removed (the release's 1st percentile is 61)
+    instances: InstanceMethod = "components"  # how touching nuclei are separated
+    core_threshold: float = 0.5  # interior: a pixel is core where the interior probability exceeds this
+    min_core: int = 4  # interior: cores under this many px seed no nucleus
+    min_distance: int = 7  # watershed: least distance in px between the distance peaks that seed nuclei
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "core_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise TnbcError(f"postprocess.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0 <= self.min_area <= 10_000 or not 1 <= self.min_core <= 10_000 or not 1 <= self.min_distance <= 256:
+            raise TnbcError("postprocess: min_area must be 0..10000, min_core 1..10000, min_distance 1..256")
+        _check_choice(self.instances, InstanceMethod, "postprocess.instances", "method")
+
+
+def default_postprocess(channels: tuple[str, ...]) -> PostProcess:
+    """The post-processing a model gets before any is chosen: its interior cores split touching nuclei
+    when it has that channel, else connected components."""
+    return PostProcess(instances="interior" if "interior" in channels else "components")
 
 
 def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

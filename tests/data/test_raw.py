@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SIZE, make_zip, tree_digest
@@ -172,8 +172,20 @@ _names = st.sampled_from(["Slide_01", "GT_01", "Slide_1", "GT_02", "__MACOSX", "
 _files = st.sampled_from(["01_1.png", "01_2.png", "02_1.png", "1_1.png", "01_1.PNG", ".DS_Store", "a.txt"])
 
 
+def _png(arr: np.ndarray) -> bytes:
+    return cv2.imencode(".png", arr)[1].tobytes()
+
+
+_RGB = _png(np.dstack([np.arange(16, dtype=np.uint8).reshape(4, 4)] * 2 + [np.full((4, 4), 9, np.uint8)]))
+_MASK = _png(np.where(np.eye(4, dtype=bool), 255, 0).astype(np.uint8))
+_payload = st.one_of(st.binary(max_size=40), st.sampled_from([_RGB, _MASK]))
+_VALID = [(["Slide_01"], "01_1.png", _RGB), (["GT_01"], "01_1.png", _MASK), (["Slide_02"], "02_1.png", _RGB),
+          (["x", "GT_02"], "02_1.png", _MASK)]
+
+
+@example(entries=_VALID)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.lists(_names, min_size=0, max_size=3), _files, st.binary(max_size=40)), max_size=8))
+@given(st.lists(st.tuples(st.lists(_names, min_size=0, max_size=3), _files, _payload), max_size=8))
 def test_any_file_tree_gives_cases_or_a_project_error(tmp_path_factory, entries) -> None:
     root = tmp_path_factory.mktemp("fuzz")
     for dirs, name, data in entries:
@@ -185,7 +197,17 @@ def test_any_file_tree_gives_cases_or_a_project_error(tmp_path_factory, entries)
             (folder / name).write_bytes(data)
     try:
         rel = Release(root)
-        for case in rel.cases:
-            rel.load(case)
+        loaded = [(case, rel.load(case)) for case in rel.cases]
     except TnbcError:
-        pass
+        return
+    # A tree that parses gives well-formed cases: unique keys named by their files, each image in its
+    # patient's Slide_ folder paired with the GT_ file of the same name, and arrays of matching shape.
+    keys = [case.key for case, _ in loaded]
+    assert len(keys) == len(set(keys)) and keys
+    for case, (image, mask, image_sha, mask_sha) in loaded:
+        assert case.patient == case.key.split("_")[0] and case.image.endswith(f"Slide_{case.patient}/{case.key}.png")
+        assert case.mask.endswith(f"GT_{case.patient}/{case.key}.png")
+        assert image.dtype == mask.dtype == np.uint8 and image.shape == (*mask.shape, 3)
+        assert set(np.unique(mask)) <= {0, 255} and len(image_sha) == len(mask_sha) == 64
+    if entries == _VALID:
+        assert keys == ["01_1", "02_1"]

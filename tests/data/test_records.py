@@ -86,7 +86,7 @@ def test_shard_names_sizes_and_index(dataset: Path, records: Path) -> None:
                         for k in ("image", "mask"))
         assert n == min(sum(s["records"] for s in shards), -(-png_bytes // int(SHARD_MB * 2**20)))
     assert len(by_split["train"]) > 1 and len(by_split["test"]) == 1  # small splits get one shard
-    assert sorted(p.name for p in records.iterdir()) == sorted(["index.json"] + [s["file"] for s in index["shards"]])
+    assert sorted(p.name for p in records.iterdir()) == sorted(["identity.json", "index.json"] + [s["file"] for s in index["shards"]])
 
 
 def test_no_op_when_unchanged_and_rebuild_when_the_dataset_changes(dataset: Path, release_root: Path,

@@ -41,65 +41,136 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     run_dir, records = run
     summary = evaluate(run_dir, records, "test", progress=False)
     out = run_dir / "eval_test"
-    for name in ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png"):
+    for name in ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png",
+                 "identity.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    chosen = json.loads((run_dir / "threshold.json").read_text())
-    assert chosen["chosen_on"] == "valid" and summary["threshold"] == chosen["threshold"]
-    assert summary["instances"] == "components" and summary["min_area"] == 30  # no interior channel, no split
+    chosen = json.loads((run_dir / "postprocess.json").read_text())
+    assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
+    threshold = summary["postprocess"]["threshold"]
+    assert threshold == summary["threshold"] and len(chosen["scores"]) == 17  # 0.10, 0.15, ..., 0.90
+    assert chosen["scores"][f"{threshold:.2f}"] == max(chosen["scores"].values())
+    assert summary["instances"] == "components" and summary["min_area"] == 30  # no interior channel
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     splits = json.loads((records.parent / "splits.json").read_text())
     assert {r["patient"] for r in rows} == set(splits["test"]) == set(summary["patients"])
     assert all(r["op"] == "original" for r in rows) and len(rows) == summary["images"]
-    for r in rows:
-        assert 0 <= float(r["aji"]) <= 1 and 0 <= float(r["dice"]) <= 1
+    for k in ("dice", "aji", "f1"):  # the summary is the mean of the rows
+        assert summary["mean_over_images"][k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
     old = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(out / "evaluation.csv"))}
     assert list(old)[:2] == ["loss", "binary_accuracy"] and {"dice", "iou", "aji", "f1", "pq"} <= set(old)
     assert old["dice"] == pytest.approx(summary["mean_over_images"]["dice"])
+
+
+def _constant_run(run_dir: Path, dest: Path, logit: float) -> Path:
+    """A run folder whose model predicts probability sigmoid(logit) everywhere (a known answer)."""
+    import keras
+
+    dest.mkdir()
+    shutil.copy(run_dir / "config.json", dest / "config.json")
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant(logit))
+    keras.Model(inputs, conv(inputs)).save(dest / "model.keras")
+    return dest
+
+
+def test_eval_scores_a_model_of_known_output(run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A model that calls every pixel nucleus: one object covering the image. Its scores follow from the
+    truth masks alone: dice 2|T| / (|T| + N), recall 1, no match at IoU > 0.5, AJI |T| / (n_true N)."""
+    from scipy import ndimage
+
+    from tnbc_pipeline.evaluation.evaluate import evaluate
+
+    run_dir, records = run
+    everything = _constant_run(run_dir, tmp_path / "all", 20.0)
+    summary = evaluate(everything, records, "test", {"min_area": 0}, progress=False)
+    rows = {r["key"]: r for r in csv.DictReader(open(everything / "eval_test" / "per_image.csv"))}
+    masks = sorted((records.parent / "test" / "masks").glob("*__original.png"))
+    assert sorted(rows) == [m.stem for m in masks]
+    for path in masks:
+        truth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0
+        t, n = int(truth.sum()), truth.size
+        n_true = ndimage.label(truth, np.ones((3, 3)))[1]
+        r = rows[path.stem]
+        assert float(r["dice"]) == pytest.approx(2 * t / (t + n), abs=1e-5)
+        assert float(r["recall"]) == 1.0 and float(r["precision"]) == pytest.approx(t / n, abs=1e-5)
+        assert float(r["aji"]) == pytest.approx(t / (n_true * n), abs=1e-5)
+        assert (int(r["n_pred"]), int(r["n_true"]), int(r["tp"]), float(r["f1"])) == (1, n_true, 0, 0.0)
+    assert summary["postprocess_source"] == "chosen on valid" and summary["threshold"] == 0.5  # all ties: 0.5
+    nothing = _constant_run(run_dir, tmp_path / "none", -20.0)
+    m = evaluate(nothing, records, "test", {"threshold": 0.5}, progress=False)["mean_over_images"]
+    assert (m["dice"], m["aji"], m["f1"], m["recall"], m["precision"]) == (0.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, Path], tmp_path: Path) -> None:
     import dataclasses
 
     from tnbc_pipeline.evaluation.evaluate import evaluate
-    from tnbc_pipeline.evaluation.infer import infer
+    from tnbc_pipeline.inference.infer import infer
     from tnbc_pipeline.model.train import train
 
     _, records = run
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, interior=1))
     train(records, tmp_path / "run", cfg, progress=False)
-    summary = evaluate(tmp_path / "run", records, "test", split_touching=True, min_area=5, progress=False)
+    summary = evaluate(tmp_path / "run", records, "test", {"min_area": 5}, progress=False)
     assert summary["instances"] == "interior" and summary["min_area"] == 5
-    assert 0 <= summary["mean_over_images"]["aji"] <= 1
-    plain = evaluate(tmp_path / "run", records, "test", min_area=5, instances="components", out=tmp_path / "cc",
-                     progress=False)
+    plain = evaluate(tmp_path / "run", records, "test", {"min_area": 5, "instances": "components"},
+                     out=tmp_path / "cc", progress=False)
     assert plain["instances"] == "components" and plain["mean_over_images"]["dice"] == summary["mean_over_images"]["dice"]
     assert json.loads((tmp_path / "run" / "eval_test" / "summary.json").read_text())["instances"] == "interior"
     assert json.loads((tmp_path / "cc" / "summary.json").read_text())["instances"] == "components"
     with pytest.raises(TnbcError, match="no interior channel"):
-        evaluate(run[0], records, "test", instances="interior", progress=False)
+        evaluate(run[0], records, "test", {"instances": "interior"}, progress=False)
     images = records.parent / "test" / "images"
-    rows = infer(tmp_path / "run", images, tmp_path / "out", masks=records.parent / "test" / "masks", progress=False)
-    assert len(rows) == len(list(images.iterdir()))
+    infer(tmp_path / "run", images, tmp_path / "out", progress=False)
+    assert len(list((tmp_path / "out" / "masks").iterdir())) == len(list(images.iterdir()))
     mask = cv2.imread(str(next((tmp_path / "out" / "masks").iterdir())), cv2.IMREAD_UNCHANGED)
     assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}  # the mask channel only, binary
 
 
-def test_a_threshold_chosen_for_another_model_is_chosen_again(run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_eval_results_know_what_made_them(run: tuple[Path, Path], tmp_path: Path) -> None:
+    """Same settings: reused. Another threshold, min-area, instance method or model: scored again."""
     import dataclasses
 
-    from tnbc_pipeline.evaluation.evaluate import RunModel, evaluate
+    from tnbc_pipeline.evaluation.evaluate import evaluate
     from tnbc_pipeline.model.train import train
 
     run_dir, records = run
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
-    stale = {"threshold": 0.123, "chosen_on": "valid", "model_sha256": "0" * 64}
-    (copy / "threshold.json").write_text(json.dumps(stale))
-    assert RunModel(copy).chosen_threshold() is None and RunModel(copy).threshold() == 0.5
-    summary = evaluate(copy, records, "test", progress=False)
-    chosen = json.loads((copy / "threshold.json").read_text())
-    assert summary["threshold"] == chosen["threshold"] != 0.123 and chosen["model_sha256"] == RunModel(copy).model_sha256
+    shutil.rmtree(copy / "eval_test", ignore_errors=True)
+    first = evaluate(copy, records, "test", progress=False)
+    stamp = (copy / "eval_test" / "summary.json").stat().st_mtime_ns
+    assert evaluate(copy, records, "test", progress=False) == first
+    assert (copy / "eval_test" / "summary.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    for overrides, key, value in (({"min_area": 0}, "min_area", 0), ({"threshold": 0.35}, "threshold", 0.35),
+                                  ({"instances": "watershed"}, "instances", "watershed")):
+        summary = evaluate(copy, records, "test", overrides, progress=False)
+        saved = json.loads((copy / "eval_test" / "summary.json").read_text())
+        assert summary[key] == saved[key] == saved["postprocess"][key] == value and saved["identity"] != first["identity"]
+    assert json.loads((copy / "postprocess.json").read_text())["postprocess"]["min_area"] == 30  # flags: not saved
     train(records, copy, dataclasses.replace(TINY, seed=9), force=True, progress=False)  # a new model
-    assert RunModel(copy).chosen_threshold() is None
+    assert not (copy / "postprocess.json").exists()
+    again = evaluate(copy, records, "test", progress=False)
+    assert again["model_sha256"] != first["model_sha256"] and again["identity"] != first["identity"]
+    assert json.loads((copy / "postprocess.json").read_text())["model_sha256"] == again["model_sha256"]
+
+
+def test_a_choice_made_for_another_model_is_not_used(run: tuple[Path, Path], tmp_path: Path, caplog) -> None:
+    from tnbc_pipeline.inference.predictor import RunModel
+
+    run_dir, records = run
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    stale = {"postprocess": {"threshold": 0.123}, "model_sha256": "0" * 64, "tuning": "x", "chosen_on": "valid"}
+    (copy / "postprocess.json").write_text(json.dumps(stale))
+    model = RunModel(copy)
+    assert model.saved_postprocess() is None and "chosen for another model.keras" in caplog.text
+    post, source = model.resolve({})
+    assert (post.threshold, post.instances, source) == (0.5, "components", "defaults")
+    assert "using the defaults threshold=0.5" in caplog.text
+    post, source = model.resolve({"min_area": 3})
+    assert post.min_area == 3 and post.threshold == 0.5 and source == "defaults + min_area=3"
+    (copy / "postprocess.json").write_text("{not json")
+    assert RunModel(copy).saved_postprocess() is None  # unreadable: warned and ignored, never a traceback
 
 
 def test_eval_command_prints_a_summary(run: tuple[Path, Path]) -> None:
@@ -109,8 +180,11 @@ def test_eval_command_prints_a_summary(run: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(main, ["-q", "eval", "--run-dir", str(run_dir), "--records", str(records),
                                        "--split", "valid", "--threshold", "0.5", "--split-touching"])
     assert result.exit_code == 0, result.output
-    assert "threshold 0.50" in result.output and "aji" in result.output
-    assert json.loads((run_dir / "eval_valid" / "summary.json").read_text())["split_touching"] is True
+    assert "threshold 0.50 (given)" in result.output and "nuclei by watershed" in result.output
+    assert json.loads((run_dir / "eval_valid" / "summary.json").read_text())["instances"] == "watershed"
+    both = CliRunner().invoke(main, ["-q", "eval", "--run-dir", str(run_dir), "--records", str(records),
+                                     "--split-touching", "--instances", "components"])
+    assert both.exit_code == 1 and "contradicts --instances components" in both.output
 
 
 def _images(folder: Path) -> Path:
@@ -128,17 +202,23 @@ def _images(folder: Path) -> Path:
 
 
 def test_infer_any_size_and_format(run: tuple[Path, Path], tmp_path: Path) -> None:
-    from tnbc_pipeline.evaluation.infer import infer
+    from tnbc_pipeline.inference.infer import infer
 
     run_dir, _ = run
     images = _images(tmp_path / "images")
     only_wide = tmp_path / "only"
     only_wide.mkdir()
     shutil.copy(images / "wide.png", only_wide / "wide.png")
-    rows = infer(run_dir, only_wide, tmp_path / "out_metrics", masks=tmp_path / "truth", progress=False)
-    assert len(rows) == 1 and (tmp_path / "out_metrics" / "metrics.csv").exists()
+    from tnbc_pipeline.evaluation.tables import MaskScorer
+
+    scorer = MaskScorer(tmp_path / "truth")
+    infer(run_dir, only_wide, tmp_path / "out_metrics", on_image=scorer, progress=False)
+    scorer.write(tmp_path / "out_metrics")
+    assert len(scorer.rows) == 1 and (tmp_path / "out_metrics" / "metrics.csv").exists()
     assert (tmp_path / "out_metrics" / "comparison.png").exists()
-    infer(run_dir, images, tmp_path / "out", tta=True, progress=False)
+    record = infer(run_dir, images, tmp_path / "out", {"min_area": 7}, tta=True, progress=False)
+    assert record["postprocess"]["min_area"] == 7 and record["tta"] is True
+    assert json.loads((tmp_path / "out" / "postprocess.json").read_text()) == record
     for name, shape in (("wide", (500, 700)), ("small", (96, 96)), ("grey", (96, 96)), ("alpha", (96, 96))):
         mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         prob = cv2.imread(str(tmp_path / "out" / "probabilities" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -148,7 +228,7 @@ def test_infer_any_size_and_format(run: tuple[Path, Path], tmp_path: Path) -> No
 
 
 def test_overlay_draws_contours_without_wrapping() -> None:
-    from tnbc_pipeline.evaluation.infer import overlay
+    from tnbc_pipeline.inference.infer import overlay
 
     image = np.full((20, 20, 3), 250, np.uint8)
     mask = np.zeros((20, 20), bool)
@@ -162,7 +242,7 @@ def test_overlay_draws_contours_without_wrapping() -> None:
 
 
 def test_infer_errors_are_clear(run: tuple[Path, Path], tmp_path: Path) -> None:
-    from tnbc_pipeline.evaluation.infer import infer
+    from tnbc_pipeline.inference.infer import infer
 
     run_dir, _ = run
     (tmp_path / "empty").mkdir()
@@ -180,7 +260,7 @@ def test_infer_errors_are_clear(run: tuple[Path, Path], tmp_path: Path) -> None:
 def test_a_model_with_a_lambda_layer_is_refused(run: tuple[Path, Path], tmp_path: Path) -> None:
     import keras
 
-    from tnbc_pipeline.evaluation.evaluate import RunModel
+    from tnbc_pipeline.inference.predictor import RunModel
 
     run_dir, _ = run
     bad = tmp_path / "lambda_run"

@@ -7,8 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tnbc_pipeline.evaluation.metrics import (image_metrics, instance_metrics, label_instances, pixel_metrics,
-                                              remove_small, split_by_interior, split_touching)
+from tnbc_pipeline.evaluation.metrics import instance_metrics, pixel_metrics
+from tnbc_pipeline.evaluation.metrics import image_metrics as _labels_metrics
+from tnbc_pipeline.config import PostProcess
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.inference.postprocess import label_instances, remove_small, segment, split_by_interior, split_touching
+
+
+def image_metrics(truth, pred):
+    """The metrics of two binary masks, their instances being their connected components."""
+    return _labels_metrics(label_instances(truth), label_instances(pred))
 
 
 def _disk(shape, cy, cx, r) -> np.ndarray:
@@ -146,5 +154,15 @@ def test_interior_cores_split_touching_nuclei_along_their_valley() -> None:
     labels = split_by_interior(pred, interior)
     assert len(np.unique(labels[pred])) == 3 and not labels[~pred].any()  # two split nuclei + the orphan
     assert labels[32, 20] != labels[32, 66] and labels[32, 20] == labels[32, 36] and labels[32, 50] == labels[32, 66]
-    assert image_metrics(pred, pred, interior=interior)["n_pred"] == 3
-    assert image_metrics(pred, pred)["n_pred"] == 2  # without the interior: the touching pair is one object
+    probs = np.dstack([pred.astype(np.float32), interior])
+    channels = ("mask", "interior")
+    for method, nuclei in (("interior", 3), ("components", 2), ("watershed", 3)):
+        labels = segment(probs, channels, PostProcess(instances=method, min_area=0))
+        assert len(np.unique(labels[pred])) == nuclei and not labels[~pred].any(), method
+    # components: the touching pair is one object; segment's labels score like any other labels
+    truth = label_instances(a & ~b) + 2 * label_instances(b) + 3 * label_instances(lone)
+    assert _labels_metrics(truth, segment(probs, channels, PostProcess(instances="interior", min_area=0)))["n_pred"] == 3
+    with pytest.raises(TnbcError, match="needs a model with the interior channel"):
+        segment(probs[..., :1], ("mask",), PostProcess(instances="interior"))
+    small = segment(probs, channels, PostProcess(instances="components", min_area=60))  # lone: ~49 px, dropped
+    assert not small[lone].any() and small[a].all()

@@ -63,3 +63,18 @@ def test_every_loss_is_registered_for_loading() -> None:
 
     for name, fn in losses.LOSSES.items():
         assert keras.saving.get_registered_object(f"tnbc>{fn.__name__}") is fn, name
+
+
+def test_metrics_score_the_mask_channel_only_and_losses_every_channel() -> None:
+    from tnbc_pipeline.config import LossName, choices
+
+    assert sorted(losses.LOSSES) == sorted(choices(LossName))  # every configurable loss exists, no other
+    interior = np.ones_like(T)  # a second channel the prediction gets completely wrong
+    t2, p2 = np.concatenate([T, interior], -1), np.concatenate([P, 1 - interior], -1)
+    assert _v(losses.dice_coef, t2, p2) == pytest.approx(_v(losses.dice_coef))
+    assert _v(losses.iou_coef, t2, p2) == pytest.approx(_v(losses.iou_coef))
+    assert _v(losses.dice_loss, t2, p2) > _v(losses.dice_loss) + 0.2  # the loss sees the wrong channel
+    for metric, expected in ((losses.MaskPrecision(), 1.0), (losses.MaskRecall(), 1 / 2),
+                             (losses.MaskBinaryAccuracy(), 3 / 4)):  # pixels above 0.5: only [0, 1] of P
+        metric.update_state(t2, p2)
+        assert float(metric.result()) == pytest.approx(expected), metric.name

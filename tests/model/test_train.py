@@ -3,7 +3,9 @@ determinism, refusing to retrain or mix runs, and MirroredStrategy on two logica
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -64,7 +66,13 @@ def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]
     assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == "float32"
-    assert 0 <= done["best"]["val_dice_coef"] <= 1
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert done["best_epoch"] == int(best["epoch"]) + 1
+    assert done["best"]["val_dice_coef"] == pytest.approx(float(best["val_dice_coef"]))
+    made = json.loads((run / "identity.json").read_text())
+    assert made["stage"] == "run" and made["settings"]["config"] == config["config"]
+    assert made["inputs"]["records_index"] == hashlib.sha256((records / "index.json").read_bytes()).hexdigest()
     import keras
 
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
@@ -82,12 +90,54 @@ def test_a_finished_run_is_not_retrained_unless_forced(records: Path, tmp_path: 
     assert (run / "model.keras").stat().st_mtime_ns != stamp and (run / "notes.txt").read_text() == "mine"
 
 
-def test_an_unfinished_run_with_other_settings_is_refused(records: Path, tmp_path: Path) -> None:
+def test_a_run_of_other_settings_is_refused_finished_or_not(records: Path, tmp_path: Path) -> None:
+    from tnbc_pipeline import identity
+    from tnbc_pipeline.model.train import run_identity
+
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"config_hash": "other", "records": str(records.resolve())}))
-    with pytest.raises(TnbcError, match="holds an unfinished run with other settings"):
-        _train(records, run)
+    _train(records, run, dataclasses.replace(TINY, epochs=1))
+    stamp = (run / "model.keras").stat().st_mtime_ns
+    with pytest.raises(TnbcError, match=r"run: made with other settings: config.epochs: 1 -> 2; use --force"):
+        _train(records, run, dataclasses.replace(TINY, epochs=1 + 1))
+    assert (run / "model.keras").stat().st_mtime_ns == stamp
+    assert _train(records, run, dataclasses.replace(TINY, epochs=1))["epochs_run"] == 1  # same identity: reused
+    assert _train(records, run, TINY, replace_stale=True)["epochs_run"] == 2  # other settings: trained again
+    # an unfinished run (no done.json) of another model is refused the same way
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    seed_model = dataclasses.replace(TINY.model, name="unet_seed")
+    identity.write(unfinished, run_identity(records, dataclasses.replace(TINY, model=seed_model)))
+    with pytest.raises(TnbcError, match="config.model.name: \"unet_seed\" -> \"unet\"; use"):
+        _train(records, unfinished)
+    # a folder with run files but no identity (an older version's run) is not taken for this one
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "done.json").write_text("{}")
+    with pytest.raises(TnbcError, match="no identity.json"):
+        _train(records, tmp_path / "old")
+
+
+def test_a_run_on_other_records_is_refused(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(records, run)
+    other = tmp_path / "other"
+    build_records(records.parent, other, RecordsConfig(shard_mb=0.25), progress=False)  # same data, other shards
+    with pytest.raises(TnbcError, match="input records_index"):
+        _train(other, run)
+
+
+def test_a_resume_keeps_each_epoch_once(tmp_path: Path) -> None:
+    from tnbc_pipeline.model.train import completed_epochs, trim_history
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_loss\n0,0.9,0.8\n1,0.7,0.6\n2,0.5,0.4\n2,0.55,0.45\n3,0.4")
+    state = tmp_path / "backup" / "state"
+    state.mkdir(parents=True)
+    (state / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    assert completed_epochs(tmp_path / "backup") == 2
+    trim_history(history, completed_epochs(tmp_path / "backup"))
+    assert history.read_text() == "epoch,loss,val_loss\n0,0.9,0.8\n1,0.7,0.6\n"
+    trim_history(history, 0)
+    assert not history.exists() and completed_epochs(tmp_path / "none") == 0
 
 
 def test_same_seed_same_weights(records: Path, tmp_path: Path) -> None:
@@ -124,9 +174,11 @@ def test_sigkill_then_rerun_resumes_from_the_last_epoch(records: Path, tmp_path:
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     done = json.loads((run / "done.json").read_text())
     assert done["epochs_run"] == 6 and done["epochs_this_session"] <= 5  # continued, not restarted from zero
-    from tnbc_pipeline.evaluation.plots import read_history
+    from tnbc_pipeline.report import read_history
 
     assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == list(range(6))
+    lines = (run / "history.csv").read_text().splitlines()
+    assert len(lines) == 7 and [int(line.split(",")[0]) for line in lines[1:]] == list(range(6))  # each epoch once
 
 
 MIRRORED = """

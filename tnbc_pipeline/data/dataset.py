@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from tnbc_pipeline import __version__
+from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import SPLITS, DatasetConfig, config_hash, to_dict
 from tnbc_pipeline.data import augment, manifest, splits
 from tnbc_pipeline.data.raw import Case, Release
@@ -42,7 +42,7 @@ from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_
 log = logging.getLogger(__name__)
 
 RENDER_VERSION = 1  # bump when rendering code changes the bytes of any variant: forces a re-render
-OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl"})
+OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl", identity.FILE})
 JOURNAL = ".journal.jsonl"
 
 
@@ -64,24 +64,27 @@ def _recipe(cfg: DatasetConfig, sources: dict[str, dict], key: str, variant: aug
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def dataset_identity(cfg: DatasetConfig, sources: dict[str, dict]) -> identity.Identity:
+    """The dataset folder's identity: its settings, the render version and the release's source hashes."""
+    return identity.Identity("dataset", {"config": to_dict(cfg), "render_version": RENDER_VERSION},
+                             {"release": identity.digest_of(sources)})
+
+
 def render_case(release: Release, case: Case, split: str, variants: list[augment.Variant],
-                cfg: DatasetConfig, out: Path) -> list[dict[str, Any]]:
-    """Render `variants` of one source into `out/{split}/{images,masks}/`; return their item records."""
+                cfg: DatasetConfig, out: Path) -> list[manifest.Item]:
+    """Render `variants` of one source into `out/{split}/{images,masks}/`; return their manifest items."""
     image, mask, _, _ = release.load(case)
     items = []
     for variant in variants:
         rng = np.random.default_rng(augment.variant_seed(cfg.seed, case.key, variant))
         img, msk, stats = augment.apply(variant, image, mask, rng)
-        name = f"{case.key}__{variant.suffix}.png"
-        record: dict[str, Any] = {"split": split, "patient": case.patient, "source": case.key, "op": variant.op,
-                                  "params": variant.params_dict, "image": f"{split}/images/{name}",
-                                  "mask": f"{split}/masks/{name}"}
+        digests = {}
         for kind, arr in (("image", img), ("mask", msk)):
             data = encode_png(arr, cfg.png_compression, cfg.png_strategy)
-            atomic_write_bytes(out / record[kind], data)
-            record[f"{kind}_sha256"] = sha256_bytes(data)
-        record["stats"] = stats
-        items.append(record)
+            atomic_write_bytes(out / manifest.item_path(split, kind, case.key, variant.suffix), data)
+            digests[kind] = sha256_bytes(data)
+        items.append(manifest.Item.create(split, case.patient, case.key, variant.op, variant.suffix,
+                                          variant.params_dict, digests["image"], digests["mask"], stats))
     return items
 
 
@@ -93,7 +96,7 @@ def _init_worker(release: Release, cfg: DatasetConfig, out: Path) -> None:
     _WORKER.update(release=release, cfg=cfg, out=out)
 
 
-def _render_task(task: tuple[Case, str, list[augment.Variant]]) -> list[dict[str, Any]]:
+def _render_task(task: tuple[Case, str, list[augment.Variant]]) -> list[manifest.Item]:
     case, split, variants = task
     return render_case(_WORKER["release"], case, split, variants, _WORKER["cfg"], _WORKER["out"])
 
@@ -106,6 +109,11 @@ def _check_paths(raw: Path, out: Path) -> None:
         raise TnbcError(f"{out}: exists and is not a folder")
 
 
+def _source_record(release: Release, case: Case, image_bytes: bytes, mask_bytes: bytes) -> dict[str, Any]:
+    return {"patient": case.patient, "image": release.relative(case.image), "image_sha256": sha256_bytes(image_bytes),
+            "mask": release.relative(case.mask), "mask_sha256": sha256_bytes(mask_bytes)}
+
+
 def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: DatasetConfig) -> dict[str, dict]:
     """Hash every source pair and decode-check it before anything is written. A pair whose bytes
     and mask threshold equal the previous build's was checked then, so only its hash is recomputed."""
@@ -115,12 +123,18 @@ def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: Dat
     sources = {}
     for case in release.cases:
         image_bytes, mask_bytes = release.read_bytes(case.image), release.read_bytes(case.mask)
-        image_sha, mask_sha = sha256_bytes(image_bytes), sha256_bytes(mask_bytes)
-        if (image_sha, mask_sha) not in known:
+        sources[case.key] = _source_record(release, case, image_bytes, mask_bytes)
+        if (sources[case.key]["image_sha256"], sources[case.key]["mask_sha256"]) not in known:
             release.decode(case, image_bytes, mask_bytes)  # raises TnbcError naming the file on any problem
-        sources[case.key] = {"patient": case.patient, "image": release.relative(case.image),
-                             "image_sha256": image_sha, "mask": release.relative(case.mask), "mask_sha256": mask_sha}
     return sources
+
+
+def expected_identity(raw: Path, cfg: DatasetConfig) -> identity.Identity:
+    """The identity `build_dataset(raw, ..., cfg)` would record, from the release's bytes alone (nothing
+    decoded or written): experiments compare it to decide whether a fold's results still hold."""
+    release = Release(Path(raw), cfg.mask_threshold)
+    return dataset_identity(cfg, {c.key: _source_record(release, c, release.read_bytes(c.image),
+                                                        release.read_bytes(c.mask)) for c in release.cases})
 
 
 Plan = dict[str, tuple[Case, str, augment.Variant, str]]  # image path -> (case, split, variant, recipe)
@@ -134,7 +148,8 @@ def _plan(release: Release, assignment: dict[str, list[str]], cfg: DatasetConfig
         for case in release.cases:
             if split_of.get(case.patient) == split:
                 for v in variants:
-                    plan[f"{split}/images/{case.key}__{v.suffix}.png"] = (case, split, v, _recipe(cfg, sources, case.key, v))
+                    path = manifest.item_path(split, "image", case.key, v.suffix)
+                    plan[path] = (case, split, v, _recipe(cfg, sources, case.key, v))
     return plan
 
 
@@ -151,15 +166,15 @@ def _start_pool(workers: int, release: Release, cfg: DatasetConfig, staging: Pat
 
 
 def _render_all(tasks: list[tuple[Case, str, list[augment.Variant]]], plan: Plan, pool: ProcessPoolExecutor | None,
-                release: Release, cfg: DatasetConfig, staging: Path, progress: bool) -> list[dict[str, Any]]:
+                release: Release, cfg: DatasetConfig, staging: Path, progress: bool) -> list[manifest.Item]:
     """Render tasks (in `pool`, or here when None), journaling each finished item with its recipe."""
-    done: list[dict[str, Any]] = []
+    done: list[manifest.Item] = []
     bar = tqdm(total=sum(len(v) for _, _, v in tasks), unit="pair", desc="render", disable=not progress)
     with open(staging / JOURNAL, "a") as journal:
-        def finish(items: list[dict[str, Any]]) -> None:
+        def finish(rendered: list[manifest.Item]) -> None:
+            items = [item.with_recipe(plan[item.image][3]) for item in rendered]
             for item in items:
-                item["recipe"] = plan[item["image"]][3]
-                journal.write(json.dumps(item) + "\n")
+                journal.write(json.dumps(item.to_json()) + "\n")
             journal.flush()
             done.extend(items)
             bar.update(len(items))
@@ -205,7 +220,8 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
     with folder_lock(out):
         recover_dir(out)
         release = Release(raw, cfg.mask_threshold)
-        current = manifest.read_manifest(out)
+        current_manifest = manifest.read_manifest(out)
+        current, old_items = current_manifest if current_manifest else (None, [])
         sources = _validate_sources(release, current, cfg)
         assignment = splits.assign(release.patients, cfg.split)
         plan = _plan(release, assignment, cfg, sources)
@@ -213,57 +229,63 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
                 "config": to_dict(cfg), "config_hash": config_hash(cfg), "sources": sources, "splits": assignment}
 
         head = json.loads(json.dumps(head))  # JSON types (lists, not tuples), to compare with the manifest
-        old_items = current["items"] if current else []
-        summary = BuildSummary(out=out, deleted=len({it["image"] for it in old_items} - set(plan)))
+        wanted = dataset_identity(cfg, sources)
+        old_identity = identity.read(out)
+        same_identity = old_identity is not None and old_identity.digest == wanted.digest
+        summary = BuildSummary(out=out, deleted=len({it.image for it in old_items} - set(plan)))
         staging = staging_dir(out)
         if force and staging.exists():
             shutil.rmtree(staging)
         journal = manifest.read_journal(staging / JOURNAL)
         # Reuse candidates: same recipe in the current manifest, or already rendered by a killed run.
-        candidates = [] if force else [it for it in old_items
-                                       if it["image"] in plan and it.get("recipe") == plan[it["image"]][3]]
-        resumed = {p for p, it in journal.items() if p in plan and it.get("recipe") == plan[p][3]}
-        missing = set(plan) - {it["image"] for it in candidates} - resumed
+        candidates = [] if force else [it for it in old_items if it.image in plan and it.recipe == plan[it.image][3]]
+        resumed = {p for p, it in journal.items() if p in plan and it.recipe == plan[p][3]}
+        missing = set(plan) - {it.image for it in candidates} - resumed
         with contextlib.ExitStack() as stack:
             pool = None
             if missing and workers > 1:
                 pool = _start_pool(workers, release, cfg, staging)
                 stack.callback(pool.shutdown, cancel_futures=True)
             reuse = manifest.intact(out, candidates)  # hashing overlaps the workers' start-up
-            if current and len(reuse) == len(plan) == len(old_items) and all(
+            if same_identity and current and len(reuse) == len(plan) == len(old_items) and all(
                     current.get(k) == v for k, v in head.items()):
                 summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
                 summary.seconds = time.perf_counter() - start
                 return summary
 
+            if out.exists():
+                diffs = identity.differences(old_identity, wanted) or ["files differ from the manifest"]
+                log.info("%s; regenerating what changed", identity.describe(out, diffs))
             for split in SPLITS:
                 for kind in ("images", "masks"):
                     (staging / split / kind).mkdir(parents=True, exist_ok=True)
-            items: dict[str, dict[str, Any]] = {}
+            items: dict[str, manifest.Item] = {}
             todo: dict[tuple[str, str], list[augment.Variant]] = {}
             for path, (case, split, variant, _) in plan.items():
                 if path in resumed:
                     items[path] = journal[path]
                 elif path in reuse:
-                    for kind in ("image", "mask"):
-                        (staging / reuse[path][kind]).unlink(missing_ok=True)
-                        link_or_copy(out / reuse[path][kind], staging / reuse[path][kind])
+                    for rel in (reuse[path].image, reuse[path].mask):
+                        (staging / rel).unlink(missing_ok=True)
+                        link_or_copy(out / rel, staging / rel)
                     items[path] = reuse[path]
                 else:
                     todo.setdefault((case.key, split), []).append(variant)
             cases = {c.key: c for c in release.cases}
             tasks = [(cases[key], split, variants) for (key, split), variants in sorted(todo.items())]
             for item in _render_all(tasks, plan, pool, release, cfg, staging, progress):
-                items[item["image"]] = item
+                items[item.image] = item
         rendered = {p for p in items if p not in reuse and p not in resumed}
 
         _remove_unplanned(staging, plan)
         ordered = [items[p] for p in plan]
         result = {**head, "elastic": manifest.setting_stats(ordered, "elastic"),
-                  "distort": manifest.setting_stats(ordered, "distort"), "items": ordered}
+                  "distort": manifest.setting_stats(ordered, "distort"),
+                  "items": [it.to_json() for it in ordered]}
         write_json(staging / "splits.json", assignment)
         write_json(staging / "config.json", to_dict(cfg))
         write_json(staging / "manifest.json", result)
+        identity.write(staging, wanted)
         (staging / JOURNAL).unlink()
         replace_dir(out, staging, keep=lambda name: name not in OWNED)
         summary.rows = _rows(assignment, plan, rendered)

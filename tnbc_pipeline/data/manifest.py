@@ -1,8 +1,9 @@
-"""Reading the dataset stage's on-disk contract: `manifest.json`, its items, and the build journal.
+"""The dataset stage's on-disk contract: the typed manifest `Item`, `manifest.json` and the build journal.
 
-Everything read back is checked for shape before use: an item's image must be `SPLIT/images/NAME.png`
-and its mask `SPLIT/masks/NAME.png`, so a damaged or hostile manifest can never make a stage read or
-link a path outside the dataset folder.
+Items are built and parsed here only (`Item.create`, `Item.from_json`), and so are their names: item
+`KEY__SUFFIX` is the variant SUFFIX of release image KEY, stored as `SPLIT/images/KEY__SUFFIX.png` and
+`SPLIT/masks/KEY__SUFFIX.png`. Everything read back is checked for shape before use, so a damaged or
+hostile manifest can never make a stage read or link a path outside the dataset folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,67 +23,143 @@ from tnbc_pipeline.io import read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-_ITEM_PATH = re.compile(r"^(train|valid|test)/images/[A-Za-z0-9_.\-]+\.png$")
+SPLIT_NAMES = ("train", "valid", "test")
+SEP = "__"  # between the release key and the variant suffix in an item's name
+_KEY = re.compile(r"^[0-9]{2}_[0-9]+$")
+_SUFFIX = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def well_formed(item: Any) -> bool:
-    """An item dict whose paths stay inside the dataset and whose hashes look like sha256 digests."""
-    if not isinstance(item, dict):
-        return False
-    image, mask = item.get("image"), item.get("mask")
-    return (isinstance(image, str) and bool(_ITEM_PATH.match(image)) and ".." not in image
-            and mask == image.replace("/images/", "/masks/", 1)
-            and all(isinstance(item.get(k), str) and _HEX64.match(item[k]) for k in ("image_sha256", "mask_sha256")))
+def item_name(key: str, suffix: str) -> str:
+    """The name (file stem) of variant `suffix` of release image `key`."""
+    return f"{key}{SEP}{suffix}"
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The dataset's manifest, or None when absent or unusable (a warning says which)."""
+def parse_name(name: str) -> tuple[str, str]:
+    """`item_name`'s inverse: 'KEY__SUFFIX' -> (KEY, SUFFIX); a TnbcError for any other name."""
+    key, sep, suffix = name.partition(SEP)
+    if not (sep and _KEY.match(key) and _SUFFIX.match(suffix) and ".." not in suffix):
+        raise TnbcError(f"{name!r}: not a dataset item name (KEY__SUFFIX)")
+    return key, suffix
+
+
+def item_path(split: str, kind: str, key: str, suffix: str) -> str:
+    """'SPLIT/images/KEY__SUFFIX.png' (kind 'image') or 'SPLIT/masks/KEY__SUFFIX.png' (kind 'mask')."""
+    return f"{split}/{kind}s/{item_name(key, suffix)}.png"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image/mask pair of the dataset, as manifest.json lists it."""
+
+    split: str  # train | valid | test
+    patient: str  # the patient 'PP' (the unit of the split)
+    source: str  # the release image 'PP_K' it was made from
+    op: str  # the augmentation op ('original', 'flip_h', 'elastic', ...)
+    params: dict[str, Any]  # the op's parameters
+    image: str  # 'SPLIT/images/NAME.png', relative to the dataset folder
+    mask: str  # 'SPLIT/masks/NAME.png'
+    image_sha256: str  # of the PNG bytes on disk
+    mask_sha256: str
+    stats: dict[str, float] = field(default_factory=dict)  # what the op measured (displacement, ...)
+    recipe: str = ""  # hash of everything that determines the bytes (dataset.py)
+
+    @property
+    def name(self) -> str:
+        return Path(self.image).stem
+
+    @classmethod
+    def create(cls, split: str, patient: str, source: str, op: str, suffix: str, params: dict[str, Any],
+               image_sha256: str, mask_sha256: str, stats: dict[str, float]) -> Item:
+        return cls(split, patient, source, op, dict(params), item_path(split, "image", source, suffix),
+                   item_path(split, "mask", source, suffix), image_sha256, mask_sha256, dict(stats))
+
+    def with_recipe(self, recipe: str) -> Item:
+        return replace(self, recipe=recipe)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Item:
+        """Parse and check one manifest item: its paths are the ones its split and name give (never
+        outside the dataset), its source is the name's key and of its patient, its hashes sha256 digests."""
+        def bad(why: str) -> TnbcError:
+            return TnbcError(f"{where}: malformed manifest item ({why})")
+
+        if not isinstance(data, dict):
+            raise bad("not an object")
+        texts = ("split", "patient", "source", "op", "image", "mask", "image_sha256", "mask_sha256")
+        if not all(isinstance(data.get(k), str) for k in texts):
+            raise bad(f"needs the text fields {', '.join(texts)}")
+        if not isinstance(data.get("params", {}), dict) or not isinstance(data.get("stats", {}), dict):
+            raise bad("params and stats must be objects")
+        if data["split"] not in SPLIT_NAMES:
+            raise bad(f"unknown split {data['split'][:20]!r}")
+        try:
+            key, suffix = parse_name(Path(data["image"]).stem)
+        except TnbcError:
+            raise bad(f"image path {data['image'][:200]!r}") from None
+        if data["image"] != item_path(data["split"], "image", key, suffix) or data["mask"] != item_path(
+                data["split"], "mask", key, suffix):
+            raise bad("paths do not follow SPLIT/{images,masks}/KEY__SUFFIX.png")
+        if key != data["source"] or not key.startswith(data["patient"] + "_"):
+            raise bad("source or patient disagrees with the item's name")
+        if not all(_HEX64.match(data[k]) for k in ("image_sha256", "mask_sha256")):
+            raise bad("hashes must be sha256 hex digests")
+        return cls(data["split"], data["patient"], data["source"], data["op"], dict(data.get("params", {})),
+                   data["image"], data["mask"], data["image_sha256"], data["mask_sha256"],
+                   dict(data.get("stats", {})), str(data.get("recipe", "")))
+
+
+def read_manifest(folder: Path) -> tuple[dict[str, Any], list[Item]] | None:
+    """The dataset's manifest as (its other fields, its typed items), or None when absent or unusable
+    (a warning says why)."""
     path = folder / "manifest.json"
     if not path.exists():
         return None
     try:
         manifest = read_json(path)
-        if isinstance(manifest, dict) and isinstance(manifest.get("items"), list) and all(
-                well_formed(it) for it in manifest["items"]):
-            return manifest
-    except TnbcError:
-        pass
-    log.warning("%s: unreadable or malformed manifest; ignoring it", path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
+            raise TnbcError(f"{path}: no item list")
+        items = [Item.from_json(it, str(path)) for it in manifest["items"]]
+        return {k: v for k, v in manifest.items() if k != "items"}, items
+    except TnbcError as exc:
+        log.warning("%s; ignoring the manifest", str(exc)[:300])
     return None
 
 
-def intact(folder: Path, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def intact(folder: Path, items: list[Item]) -> dict[str, Item]:
     """Items whose files still match their sha256 (decided by content, never timestamps), by image path."""
-    def ok(it: dict[str, Any]) -> bool:
-        return all((folder / it[k]).is_file() and sha256_file(folder / it[k]) == it[f"{k}_sha256"]
-                   for k in ("image", "mask"))
+    def ok(it: Item) -> bool:
+        return all((folder / path).is_file() and sha256_file(folder / path) == digest
+                   for path, digest in ((it.image, it.image_sha256), (it.mask, it.mask_sha256)))
 
     with ThreadPoolExecutor(2) as threads:  # hashlib releases the GIL on large buffers
-        return {it["image"]: it for it, good in zip(items, threads.map(ok, items)) if good}
+        return {it.image: it for it, good in zip(items, threads.map(ok, items)) if good}
 
 
-def read_journal(path: Path) -> dict[str, dict[str, Any]]:
+def read_journal(path: Path) -> dict[str, Item]:
     """Items a killed build journaled (one JSON object a line) whose files exist beside the journal."""
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, Item] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                item = json.loads(line)
-            except ValueError:  # the line a kill cut short
+                item = Item.from_json(json.loads(line), str(path))
+            except (ValueError, TnbcError):  # the line a kill cut short
                 continue
-            if well_formed(item) and (path.parent / item["image"]).is_file() and (path.parent / item["mask"]).is_file():
-                done[item["image"]] = item
+            if (path.parent / item.image).is_file() and (path.parent / item.mask).is_file():
+                done[item.image] = item
     return done
 
 
-def setting_stats(items: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
+def setting_stats(items: list[Item], op: str) -> list[dict[str, Any]]:
     """Measured displacement per parameter setting of a random-field op: the mean over its items of
     each item's mean and 99th-percentile displacement magnitude, in pixels."""
     groups: dict[tuple, list[dict[str, float]]] = {}
     for it in items:
-        if it["op"] == op:
-            groups.setdefault(tuple(sorted(it["params"].items())), []).append(it["stats"])
+        if it.op == op:
+            groups.setdefault(tuple(sorted(it.params.items())), []).append(it.stats)
     return [{**dict(params), "items": len(st),
              "mean_disp_px": round(float(np.mean([s["mean_disp_px"] for s in st])), 3),
              "p99_disp_px": round(float(np.mean([s["p99_disp_px"] for s in st])), 3)}

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from tnbc_pipeline import __version__
 from tnbc_pipeline.config import SPLITS, RecordsConfig, to_dict
-from tnbc_pipeline.data.manifest import read_manifest
+from tnbc_pipeline.data.manifest import Item, read_manifest
+from tnbc_pipeline import identity
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import (folder_lock, png_header, read_json, recover_dir, replace_dir, sha256_bytes, sha256_file,
                               staging_dir, write_json)
@@ -68,17 +69,35 @@ def read_index(folder: Path) -> dict[str, Any]:
     return index
 
 
-def _up_to_date(out: Path, manifest_sha: str, cfg: RecordsConfig) -> bool:
+SCHEMA_VERSION = 1  # of the TFRecord features (schema.py) and index.json
+
+
+def records_identity(manifest_sha: str, cfg: RecordsConfig) -> identity.Identity:
+    """The records folder's identity: its settings and the sha256 of the manifest it packs."""
+    return identity.Identity("records", {"config": to_dict(cfg), "schema_version": SCHEMA_VERSION},
+                             {"manifest": manifest_sha})
+
+
+def index_sha256(folder: Path) -> str:
+    """sha256 of a records folder's index.json: the identity downstream stages (train, eval) record."""
+    read_index(folder)
+    return sha256_file(Path(folder) / INDEX)
+
+
+def _up_to_date(out: Path, wanted: identity.Identity) -> bool:
     try:
         index = read_index(out)
     except TnbcError:
         return False
-    return (index.get("manifest_sha256") == manifest_sha and index.get("config") == to_dict(cfg)
-            and all((out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"]
-                    for s in index["shards"]))
+    old = identity.read(out)
+    if old is None or old.digest != wanted.digest:
+        if out.exists():
+            log.info("%s", identity.describe(out, identity.differences(old, wanted)) + "; rebuilding")
+        return False
+    return all((out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"] for s in index["shards"])
 
 
-def _write_shard(path: Path, items: list[dict[str, Any]], dataset: Path, cfg: RecordsConfig, bar: tqdm) -> dict:
+def _write_shard(path: Path, items: list[Item], dataset: Path, cfg: RecordsConfig, bar: tqdm) -> dict:
     """Write one shard (hidden temporary name, then rename); return its index entry."""
     from tnbc_pipeline.data.schema import encode_example
     from tnbc_pipeline.tf_env import tf
@@ -88,16 +107,16 @@ def _write_shard(path: Path, items: list[dict[str, Any]], dataset: Path, cfg: Re
     with tf.io.TFRecordWriter(str(tmp), options) as writer:
         for it in items:
             data = {}
-            for kind in ("image", "mask"):
-                data[kind] = (dataset / it[kind]).read_bytes()
-                if sha256_bytes(data[kind]) != it[f"{kind}_sha256"]:
-                    raise TnbcError(f"{dataset / it[kind]}: differs from the dataset manifest; rerun `tnbc dataset`")
-            width, height, _, _ = png_header(data["image"], str(dataset / it["image"]))
-            writer.write(encode_example(data["image"], data["mask"], height, width, Path(it["image"]).stem,
-                                        it["patient"], it["source"], it["op"]))
+            for kind, rel, digest in (("image", it.image, it.image_sha256), ("mask", it.mask, it.mask_sha256)):
+                data[kind] = (dataset / rel).read_bytes()
+                if sha256_bytes(data[kind]) != digest:
+                    raise TnbcError(f"{dataset / rel}: differs from the dataset manifest; rerun `tnbc dataset`")
+            width, height, _, _ = png_header(data["image"], str(dataset / it.image))
+            writer.write(encode_example(data["image"], data["mask"], height, width, it.name, it.patient, it.source,
+                                        it.op))
             bar.update(1)
     tmp.rename(path)
-    return {"file": path.name, "split": items[0]["split"], "records": len(items), "bytes": path.stat().st_size,
+    return {"file": path.name, "split": items[0].split, "records": len(items), "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}
 
 
@@ -106,14 +125,15 @@ def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bo
     """Pack `dataset` (a `tnbc dataset` output) into shards under `out` (default dataset/tfrecords)."""
     dataset = Path(dataset)
     out = Path(out) if out else dataset / "tfrecords"
-    manifest = read_manifest(dataset)
-    if manifest is None:
+    read = read_manifest(dataset)
+    if read is None:
         raise TnbcError(f"{dataset / 'manifest.json'}: missing or malformed; run `tnbc dataset` first")
     manifest_sha = sha256_file(dataset / "manifest.json")
     with folder_lock(out):
         recover_dir(out)
         summary = RecordsSummary(out=out)
-        if not force and _up_to_date(out, manifest_sha, cfg):
+        wanted = records_identity(manifest_sha, cfg)
+        if not force and _up_to_date(out, wanted):
             summary.changed = False
             summary.rows = _rows(read_index(out))
             return summary
@@ -121,24 +141,25 @@ def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bo
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        items = manifest["items"]
+        head, items = read
         shards = []
         with tqdm(total=len(items), unit="pair", desc="records", disable=not progress) as bar:
             for split in SPLITS:
-                split_items = [it for it in items if it["split"] == split]
+                split_items = [it for it in items if it.split == split]
                 order = np.random.default_rng(cfg.seed).permutation(len(split_items))
                 split_items = [split_items[i] for i in order]
-                sizes = [(dataset / it["image"]).stat().st_size + (dataset / it["mask"]).stat().st_size
+                sizes = [(dataset / it.image).stat().st_size + (dataset / it.mask).stat().st_size
                          for it in split_items]
                 runs = plan_shards(sizes, cfg.shard_mb * MiB)
                 for i, run in enumerate(runs):
                     path = staging / shard_name(split, i, len(runs))
                     shards.append(_write_shard(path, [split_items[j] for j in run], dataset, cfg, bar))
-        index = {"schema_version": 1, "tool_version": __version__, "manifest_sha256": manifest_sha,
-                 "dataset_config_hash": manifest.get("config_hash"), "config": to_dict(cfg),
+        index = {"schema_version": SCHEMA_VERSION, "tool_version": __version__, "manifest_sha256": manifest_sha,
+                 "dataset_config_hash": head.get("config_hash"), "config": to_dict(cfg),
                  "compression": cfg.compression, "shards": shards}
         write_json(staging / INDEX, index)
-        replace_dir(out, staging, keep=lambda name: name != INDEX and not name.endswith(".tfrecord"))
+        identity.write(staging, wanted)
+        replace_dir(out, staging, keep=lambda name: name not in (INDEX, identity.FILE) and not name.endswith(".tfrecord"))
         summary.rows = _rows(index)
         return summary
 

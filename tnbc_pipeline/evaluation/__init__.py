@@ -1,1 +1,1 @@
-"""Evaluation wing: metrics, tiled prediction, the eval and infer drivers, plots."""
+"""Evaluation wing, scoring only: metrics of truth vs predicted nuclei, choosing the post-processing on valid, the eval driver and its tables."""

@@ -1,7 +1,7 @@
-"""Nuclei segmentation metrics, pure numpy/scipy (REFERENCE.md §3).
+"""Nuclei segmentation metrics, pure numpy (REFERENCE.md §3): truth vs predicted instance labels.
 
 Inputs are binary masks (H, W) (any dtype; nonzero = nucleus) or int label images (H, W) with 0 as
-background. Instance metrics are computed from one contingency table of (truth label, predicted label)
+background; predicted labels come from `tnbc_pipeline.inference.postprocess.segment`. Instance metrics are computed from one contingency table of (truth label, predicted label)
 pixel counts built with a single `np.bincount`, so an image with a hundred nuclei costs milliseconds:
 no per-nucleus pass over the full image.
 """
@@ -9,10 +9,7 @@ no per-nucleus pass over the full image.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
-EIGHT = np.ones((3, 3), bool)  # 8-connectivity, as the release's nucleus count (4,028 components) uses
-MIN_AREA = 30  # predicted objects under this many pixels are speckles, not nuclei (see remove_small)
+from tnbc_pipeline.inference.postprocess import label_instances
 
 
 def pixel_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -27,65 +24,6 @@ def pixel_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "precision": tp / (tp + fp) if tp + fp else 1.0,
             "recall": tp / (tp + fn) if tp + fn else 1.0,
             "accuracy": (tp + tn) / t.size}
-
-
-def label_instances(mask: np.ndarray) -> np.ndarray:
-    """Binary mask -> int32 labels of its 8-connected components (touching nuclei are usually apart
-    by a background line in the ground truth)."""
-    labels, _ = ndimage.label(mask.astype(bool), structure=EIGHT)
-    return labels.astype(np.int32)
-
-
-def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """bool (H, W): the mask without 8-connected objects of fewer than `min_area` pixels (speckles that
-    would count as false nuclei; 6 of the release's 4,028 nuclei are under 30 px, the 1st percentile is 61)."""
-    fg = mask.astype(bool)
-    if min_area <= 1 or not fg.any():
-        return fg
-    labels = label_instances(fg)
-    keep = np.bincount(labels.ravel()) >= min_area
-    keep[0] = False
-    return keep[labels]
-
-
-def _watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Watershed of `landscape` from int32 `markers` inside `fg`; a component of `fg` without any marker
-    (too thin, or its seed was missed) keeps its own label instead of vanishing or joining a neighbour."""
-    from skimage.segmentation import watershed
-
-    n = int(markers.max(initial=0))
-    ids, first = np.unique(components.ravel(), return_index=True)  # first pixel of every component
-    orphan = np.isin(ids, components[markers > 0], invert=True) & (ids > 0)
-    markers = markers.copy()
-    markers.ravel()[first[orphan]] = np.arange(n + 1, n + 1 + int(orphan.sum()))
-    return watershed(landscape, markers, mask=fg, connectivity=2).astype(np.int32)
-
-
-def split_touching(mask: np.ndarray, min_distance: int = 7) -> np.ndarray:
-    """Binary prediction -> int32 labels with touching nuclei split: a watershed of the negated distance
-    transform from one marker per distance peak at least `min_distance` pixels apart (scikit-image)."""
-    from skimage.feature import peak_local_max
-
-    fg = mask.astype(bool)
-    if not fg.any():
-        return np.zeros(fg.shape, np.int32)
-    dist = ndimage.distance_transform_edt(fg)
-    components = label_instances(fg)
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return _watershed(-dist, markers, fg, components)
-
-
-def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float = 0.5, min_seed: int = 4) -> np.ndarray:
-    """Binary prediction (H, W) + the model's interior probability float32 (H, W) -> int32 labels: one
-    nucleus per connected core (interior > threshold, at least `min_seed` px), grown over the mask by a
-    watershed of the negated interior probability, so touching nuclei part where the cores' valley is."""
-    fg = mask.astype(bool)
-    if not fg.any():
-        return np.zeros(fg.shape, np.int32)
-    seeds = remove_small(fg & (interior > threshold), min_seed)
-    return _watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg))
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -157,18 +95,14 @@ def _greedy_unique(iou: np.ndarray, threshold: float) -> np.ndarray:
     return matched
 
 
-def instance_labels(pred: np.ndarray, split: bool = False, min_distance: int = 7,
-                    interior: np.ndarray | None = None) -> np.ndarray:
-    """Binary prediction (H, W) -> int32 nucleus labels: split by the interior channel when the model has
-    one, else by the distance watershed when `split`, else connected components."""
-    if interior is not None:
-        return split_by_interior(pred, interior)
-    return split_touching(pred, min_distance) if split else label_instances(pred)
+def image_metrics(truth_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric of one image, from truth and predicted instance labels (int (H, W), 0 = background):
+    the pixel metrics of their masks and the instance metrics of their labels. The one place the two
+    are combined, for eval, infer --masks, cv and study alike."""
+    return {**pixel_metrics(truth_labels > 0, labels > 0), **instance_metrics(truth_labels, labels)}
 
 
-def image_metrics(truth: np.ndarray, pred: np.ndarray, split: bool = False, min_distance: int = 7,
-                  interior: np.ndarray | None = None) -> dict[str, float]:
-    """Every metric of one image: binary truth and prediction (H, W); instances of the prediction as
-    `instance_labels` makes them (`interior`: the model's interior probability, float32 (H, W))."""
-    pred_labels = instance_labels(pred, split, min_distance, interior)
-    return {**pixel_metrics(truth, pred), **instance_metrics(label_instances(truth), pred_labels)}
+def truth_labels(mask: np.ndarray) -> np.ndarray:
+    """A binary truth mask (H, W) -> int32 labels: its 8-connected components (the release separates
+    touching nuclei by one-pixel background lines)."""
+    return label_instances(mask)

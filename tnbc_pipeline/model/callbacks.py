@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tnbc_pipeline.evaluation.plots import image_grid, plot_history, read_history
+from tnbc_pipeline.report import image_grid, plot_history, read_history
+from tnbc_pipeline.config import MASK_CHANNEL
 from tnbc_pipeline.io import recover_dir, replace_dir, staging_dir
 
 
@@ -88,7 +89,7 @@ class EpochInference(keras.callbacks.Callback):
         if not len(self.images):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        pred = self.model.predict(self.images, batch_size=1, verbose=0)[..., :1]  # the mask channel
+        pred = self.model.predict(self.images, batch_size=1, verbose=0)[..., MASK_CHANNEL]
         rows = [[img, msk, p] for img, msk, p in zip(self.images, self.masks, pred)]
         image_grid(rows, ["image", "truth", f"prediction (epoch {epoch + 1})"], self.out_dir / f"epoch_{epoch + 1:03d}.png",
                    row_labels=self.keys)

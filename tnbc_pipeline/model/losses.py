@@ -1,8 +1,10 @@
 """Losses and metrics for binary nuclei masks, in keras.ops (any backend), registered as 'tnbc>name'.
 
-Tensors: y_true float32 in {0, 1} and y_pred float32 probabilities, both (B, H, W, 1). Dice and IoU
-are computed per image and averaged over the batch, with smoothing 1 (as the old system's dice_coef),
-so an empty image predicted empty scores 1.
+Tensors: y_true float32 in {0, 1} and y_pred float32 probabilities, both (B, H, W, C), channel i holding
+`ModelConfig.channels[i]` (the mask, then the interior when the model has it). Losses train every
+channel; the metrics score the mask channel alone, so `val_dice_coef` is the mask's Dice whatever else
+the model predicts. Dice and IoU are computed per image and averaged over the batch, with smoothing 1
+(as the old system's dice_coef), so an empty image predicted empty scores 1.
 """
 
 from __future__ import annotations
@@ -10,8 +12,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tnbc_pipeline.config import MASK_CHANNEL as MASK
+
 SMOOTH = 1.0
 register = keras.saving.register_keras_serializable(package="tnbc")
+
+
+def _mask(y_true, y_pred):
+    """The mask channel of both tensors, (B, H, W, 1)."""
+    return y_true[..., MASK : MASK + 1], y_pred[..., MASK : MASK + 1]
 
 
 def _sums(y_true, y_pred):
@@ -21,18 +30,28 @@ def _sums(y_true, y_pred):
     return inter, ops.sum(y_true, axis=axes), ops.sum(y_pred, axis=axes)
 
 
-@register
-def dice_coef(y_true, y_pred):
-    """Soft Dice per image, mean over the batch: (2|P.G| + 1) / (|P| + |G| + 1)."""
+def _dice(y_true, y_pred):
+    """Soft Dice per image over every channel, mean over the batch: (2|P.G| + 1) / (|P| + |G| + 1)."""
     inter, t, p = _sums(y_true, y_pred)
     return ops.mean((2 * inter + SMOOTH) / (t + p + SMOOTH))
 
 
-@register
-def iou_coef(y_true, y_pred):
-    """Soft IoU (Jaccard) per image, mean over the batch: (|P.G| + 1) / (|P| + |G| - |P.G| + 1)."""
+def _iou(y_true, y_pred):
+    """Soft IoU (Jaccard) per image over every channel, mean over the batch: (|P.G| + 1) / (|P| + |G| - |P.G| + 1)."""
     inter, t, p = _sums(y_true, y_pred)
     return ops.mean((inter + SMOOTH) / (t + p - inter + SMOOTH))
+
+
+@register
+def dice_coef(y_true, y_pred):
+    """Metric: soft Dice of the mask channel."""
+    return _dice(*_mask(y_true, y_pred))
+
+
+@register
+def iou_coef(y_true, y_pred):
+    """Metric: soft IoU of the mask channel."""
+    return _iou(*_mask(y_true, y_pred))
 
 
 @register
@@ -43,12 +62,12 @@ def bce(y_true, y_pred):
 
 @register
 def dice_loss(y_true, y_pred):
-    return 1 - dice_coef(y_true, y_pred)
+    return 1 - _dice(y_true, y_pred)
 
 
 @register
 def iou_loss(y_true, y_pred):
-    return 1 - iou_coef(y_true, y_pred)
+    return 1 - _iou(y_true, y_pred)
 
 
 @register
@@ -80,11 +99,36 @@ def tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7):
     return 1 - ops.mean((inter + SMOOTH) / (inter + alpha * fp + beta * fn + SMOOTH))
 
 
+@register
+class MaskBinaryAccuracy(keras.metrics.BinaryAccuracy):
+    """Binary accuracy of the mask channel."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(*_mask(y_true, y_pred), sample_weight)
+
+
+@register
+class MaskPrecision(keras.metrics.Precision):
+    """Pixel precision of the mask channel (threshold 0.5)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(*_mask(y_true, y_pred), sample_weight)
+
+
+@register
+class MaskRecall(keras.metrics.Recall):
+    """Pixel recall of the mask channel (threshold 0.5)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(*_mask(y_true, y_pred), sample_weight)
+
+
 LOSSES = {"bce": bce, "dice": dice_loss, "bce_dice": bce_dice_loss, "iou": iou_loss, "bce_iou": bce_iou_loss,
           "focal": focal_loss, "tversky": tversky_loss}
 
 
 def metrics() -> list:
-    """Fresh metric objects for compile(): dice, iou, binary accuracy, precision, recall."""
-    return [dice_coef, iou_coef, keras.metrics.BinaryAccuracy(name="binary_accuracy"),
-            keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")]
+    """Fresh metric objects for compile(), each on the mask channel: dice, iou, binary accuracy,
+    precision, recall."""
+    return [dice_coef, iou_coef, MaskBinaryAccuracy(name="binary_accuracy"), MaskPrecision(name="precision"),
+            MaskRecall(name="recall")]

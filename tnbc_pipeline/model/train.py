@@ -1,6 +1,7 @@
 """The train stage: TFRecord shards -> a self-describing run folder.
 
-    runs/NAME/config.json      resolved TrainConfig + records folder, its manifest hash, tool version
+    runs/NAME/identity.json    what made the run: resolved TrainConfig, the records' index.json sha256, tool version
+              config.json      resolved TrainConfig + records folder, its manifest hash, tool version
               model.keras      the best model so far (val_loss), written atomically
               backup/          BackupAndRestore state, replaced atomically: a killed run resumes from its last epoch
               history.csv      one row per epoch (loss, metrics, val_*, learning rate)
@@ -9,6 +10,11 @@
               tensorboard/     when the tensorboard package is installed
               done.json        written last: a finished run is not retrained unless forced
 
+A run folder is reused only for its own identity: a finished or unfinished run of other settings or
+other records is refused in one line naming the first setting that differs (`--force` starts over,
+`replace_stale` does so only for a run of other settings). After a resume, history.csv holds each
+epoch exactly once: rows of epochs the backup does not hold are dropped before training goes on.
+
 Determinism: `keras.utils.set_random_seed(seed)` + TensorFlow op determinism + the seeded, stateless
 input pipeline give the same weights for the same seed and data on CPU (one process, one device).
 GPUs, several devices and different TensorFlow builds may differ in the last bits.
@@ -16,8 +22,9 @@ GPUs, several devices and different TensorFlow builds may differ in the last bit
 
 from __future__ import annotations
 
+import csv
 import importlib.util
-import json
+import io
 import logging
 import os
 import shutil
@@ -25,17 +32,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tnbc_pipeline import __version__
+from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import TrainConfig, config_hash, to_dict
-from tnbc_pipeline.data.records import read_index
+from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import folder_lock, write_json
+from tnbc_pipeline.io import atomic_write_bytes, folder_lock, read_json, recover_dir, write_json
+from tnbc_pipeline.report import read_history
 from tnbc_pipeline.tf_env import tf
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.json", "model.keras", "backup", "history.csv", "train_losses.png", "train_metrics.png",
-             "epoch_infer", "tensorboard", "done.json")
+RUN_FILES = ("identity.json", "config.json", "model.keras", "backup", "history.csv", "train_losses.png",
+             "train_metrics.png", "epoch_infer", "tensorboard", "done.json",
+             "postprocess.json", "threshold.json")  # the last two: eval's choice for this model (and its old name)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -83,25 +92,78 @@ def compile_model(model, cfg: TrainConfig) -> None:
                   loss=losses.LOSSES[cfg.loss], metrics=losses.metrics(), jit_compile=cfg.jit)
 
 
-def _prepare_run(run_dir: Path, record: dict[str, Any], force: bool) -> bool:
-    """Create or check the run folder; return False when the run is already finished."""
+def run_identity(records: Path, cfg: TrainConfig) -> identity.Identity:
+    """A run's identity: the resolved TrainConfig and the sha256 of the records' index.json."""
+    return identity.Identity("run", {"config": to_dict(cfg)}, {"records_index": index_sha256(records)})
+
+
+def _clear(run_dir: Path) -> None:
+    for name in RUN_FILES:  # only what a run writes: nothing else in the folder is touched
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any], force: bool,
+                 replace_stale: bool) -> bool:
+    """Create or check the run folder; return False when the run is already finished (same identity)."""
     if force and run_dir.exists():
-        for name in RUN_FILES:  # only what a run writes: nothing else in the folder is touched
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        _clear(run_dir)
+    old = identity.read(run_dir)
+    if run_dir.exists() and (old is None or old.digest != wanted.digest):
+        if old is None and not any((run_dir / n).exists() for n in RUN_FILES):
+            pass  # an empty (or foreign-only) folder: a new run
+        elif replace_stale:
+            log.info("%s; starting it over", identity.describe(run_dir, identity.differences(old, wanted)))
+            _clear(run_dir)
+        else:
+            raise TnbcError(identity.describe(run_dir, identity.differences(old, wanted))
+                            + "; use --force to start over, or another --run-dir")
     if (run_dir / "done.json").exists():
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous.get("config_hash") != record["config_hash"] or previous.get("records") != record["records"]:
-            raise TnbcError(f"{run_dir}: holds an unfinished run with other settings or data; "
-                            "use another --run-dir, or --force to start over")
-        log.info("resuming the unfinished run in %s", run_dir)
+    if identity.read(run_dir) is None:
+        write_json(run_dir / "config.json", record)
+        identity.write(run_dir, wanted)
     else:
-        write_json(config_path, record)
+        log.info("resuming the unfinished run in %s (same settings and records)", run_dir)
     return True
+
+
+def completed_epochs(backup_dir: Path) -> int:
+    """Epochs the resume state holds (BackupAndRestore's metadata 'epoch'); 0 without a state."""
+    state = Path(backup_dir) / "state"
+    recover_dir(state)
+    meta = state / "training_metadata.json"
+    if not meta.is_file():
+        return 0
+    epoch = read_json(meta).get("epoch", 0)
+    return epoch if isinstance(epoch, int) and epoch >= 0 else 0
+
+
+def trim_history(history_csv: Path, epochs: int) -> None:
+    """Keep each of the first `epochs` epochs in history.csv exactly once (the last row logged for it):
+    a kill between the CSV row and the backup leaves a row of an epoch that the resume runs again."""
+    if not history_csv.exists():
+        return
+    with open(history_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows: dict[int, dict[str, str]] = {}
+        for row in reader:
+            try:
+                epoch = int(float(row.get("epoch") or ""))
+            except ValueError:
+                continue  # a line a kill cut short
+            if epoch < epochs and None not in row and all(row.get(k) not in (None, "") for k in fields):
+                rows[epoch] = row
+    if not rows:
+        history_csv.unlink()
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[e] for e in sorted(rows))
+    atomic_write_bytes(history_csv, buf.getvalue().encode())
 
 
 def _epoch_samples(records: Path, split: str, count: int) -> tuple[Any, Any, list[str]]:
@@ -111,34 +173,39 @@ def _epoch_samples(records: Path, split: str, count: int) -> tuple[Any, Any, lis
 
     if count <= 0:
         return np.zeros((0,)), np.zeros((0,)), []
-    originals = make_dataset(records, split, training=False, batch_size=1).unbatch().filter(
-        lambda ex: tf.strings.regex_full_match(ex["key"], ".*__original"))  # fixed, un-augmented images
-    batch = next(iter(originals.batch(count)))
+    originals = make_dataset(records, split, training=False, batch_size=1, ops=("original",)).unbatch()
+    batch = next(iter(originals.batch(count)))  # fixed, un-augmented images
     return batch["image"].numpy(), batch["mask"].numpy(), [k.decode() for k in batch["key"].numpy()]
 
 
 def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, skip_bad: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, replace_stale: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir` on the train/valid shards of `records`; return done.json.
-    A lock beside the run folder makes a second run on it fail at once."""
+    A lock beside the run folder makes a second run on it fail at once. `force`: start over whatever the
+    folder holds; `replace_stale`: start over only a run of another identity (instead of refusing it)."""
     records, run_dir = Path(records), Path(run_dir)
     with folder_lock(run_dir):
-        return _train_locked(records, run_dir, cfg, force, skip_bad, progress)
+        return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
 
 
 def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, skip_bad: bool,
-                  progress: bool) -> dict[str, Any]:
+                  progress: bool, replace_stale: bool) -> dict[str, Any]:
     import keras
 
     from tnbc_pipeline.data.pipeline import make_dataset, with_interior
     from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
     index = read_index(records)
+    wanted = run_identity(records, cfg)
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
-              "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256")}
-    if not _prepare_run(run_dir, record, force):
-        log.info("%s is already trained (done.json); pass --force to train it again", run_dir)
-        return json.loads((run_dir / "done.json").read_text())
+              "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256"),
+              "records_index_sha256": wanted.inputs["records_index"]}
+    if not _prepare_run(run_dir, wanted, record, force, replace_stale):
+        log.info("%s: already trained with these settings and records (identity %s); reusing it",
+                 run_dir, wanted.digest[:12])
+        return read_json(run_dir / "done.json")
+    history_csv = run_dir / "history.csv"
+    trim_history(history_csv, completed_epochs(run_dir / "backup"))
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
@@ -157,11 +224,12 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
         model = build_model(cfg)
         compile_model(model, cfg)
 
-    history_csv = run_dir / "history.csv"
     callbacks = [
-        keras.callbacks.CSVLogger(str(history_csv), append=True),  # before the backup: a kill between the
-        AtomicBackupAndRestore(run_dir / "backup"),  # two repeats a row rather than losing one
+        # Row, best model, then the backup: a kill between them leaves a row (and perhaps a model) of an epoch
+        # the backup lacks; the resume trims that row (trim_history) and runs the epoch again.
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
         BestModel(run_dir / "model.keras", history_csv),
+        AtomicBackupAndRestore(run_dir / "backup"),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
                                           patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr),
@@ -178,8 +246,6 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
                     validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
                     verbose=1 if progress else 2)
     seconds = time.perf_counter() - start
-    from tnbc_pipeline.evaluation.plots import read_history
-
     history = read_history(history_csv)
     best = min(history, key=lambda r: r.get("val_loss", float("inf"))) if history else {}
     done = {"epochs_run": len(history), "epochs_this_session": len(fit.history.get("loss", [])),

@@ -6,10 +6,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from tnbc_pipeline.config import AugmentConfig, DatasetConfig, ModelConfig, TrainConfig
-from tnbc_pipeline.evaluation.cv import REPORTED, cross_validate
+from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.experiments.cv import REPORTED, Scoring, cross_validate
 
 DATA = DatasetConfig(augment=AugmentConfig(rotations=(90.0,), alpha=(), sigma=(), distort=(), shrink=()))
 TINY = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, patch=32, val_batch_size=4, epoch_infer=0,
@@ -25,14 +28,52 @@ def test_cross_validation_tests_every_patient_once_and_resumes(release_root: Pat
     for i in range(3):
         splits = json.loads((out / f"fold{i}" / "TNBC" / "splits.json").read_text())
         assert not set(splits["test"]) & set(splits["train"] + splits["valid"])
-    for k in REPORTED:
-        assert len(summary[k]["folds"]) == 3 and 0 <= summary[k]["mean"] <= 1 and summary[k]["sd"] >= 0
+    for k in REPORTED:  # the fold values are the folds' own eval summaries; mean and sd are theirs
+        scored = [json.loads((out / f"fold{i}" / "run" / "eval_test" / "summary.json").read_text())
+                  ["mean_over_images"][k] for i in range(3)]
+        assert summary[k]["folds"] == scored
+        assert summary[k]["mean"] == pytest.approx(np.mean(scored), abs=1e-5)
+        assert summary[k]["sd"] == pytest.approx(np.std(scored, ddof=1), abs=1e-5)
+    made = summary["identities"]
+    for i in range(3):
+        run_id = json.loads((out / f"fold{i}" / "run" / "identity.json").read_text())["digest"]
+        eval_id = json.loads((out / f"fold{i}" / "run" / "eval_test" / "identity.json").read_text())["digest"]
+        assert (made[i]["run_identity"], made[i]["eval_identity"]) == (run_id, eval_id)
     assert json.loads((out / "cv_summary.json").read_text())["dice"]["folds"] == summary["dice"]["folds"]
     assert (out / "cv_metrics.png").stat().st_size > 0
     stamp = (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns
     again = cross_validate(release_root, out, 3, DATA, TINY, workers=1, progress=False)
     assert again["dice"] == summary["dice"]  # nothing retrained or re-scored
     assert (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns == stamp
+
+
+def test_cv_never_reports_old_results_for_new_settings(release_root: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    out = tmp_path / "cv"
+    first = cross_validate(release_root, out, 4, DATA, TINY, only=[1], workers=1, progress=False)
+    stamp = (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns
+    longer = dataclasses.replace(TINY, epochs=2)
+    with pytest.raises(TnbcError, match=r"fold1/run: made with other settings: config.epochs: 1 -> 2"):
+        cross_validate(release_root, out, 4, DATA, longer, only=[1], workers=1, progress=False)
+    # other scoring: scored again, not retrained
+    rescored = cross_validate(release_root, out, 4, DATA, TINY, only=[1], scoring=Scoring({"min_area": 0}),
+                              workers=1, progress=False)
+    assert (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns == stamp
+    assert rescored["identities"][0]["eval_identity"] != first["identities"][0]["eval_identity"]
+    assert rescored["identities"][0]["run_identity"] == first["identities"][0]["run_identity"]
+    assert json.loads((out / "fold1" / "result.json").read_text())["min_area"] == 0
+    assert list(csv.DictReader(open(out / "cv_folds.csv")))[0]["min_area"] == "0"
+    # force: the fold is trained again with the new settings, and the summary says so
+    again = cross_validate(release_root, out, 4, DATA, longer, only=[1], workers=1, progress=False, force=True)
+    run_id = json.loads((out / "fold1" / "run" / "identity.json").read_text())
+    assert run_id["settings"]["config"]["epochs"] == 2 and again["identities"][0]["run_identity"] == run_id["digest"]
+    assert json.loads((out / "fold1" / "run" / "done.json").read_text())["epochs_run"] == 2
+    assert again["settings"]["train_config"]["epochs"] == 2
+    # another dataset (other augmentation): the fold's data, records and run all change
+    other = dataclasses.replace(DATA, augment=dataclasses.replace(DATA.augment, rotations=(180.0,)))
+    with pytest.raises(TnbcError, match="input records_index"):
+        cross_validate(release_root, out, 4, other, longer, only=[1], workers=1, progress=False)
 
 
 def test_cv_command_runs_a_subset_of_folds(release_root: Path, tmp_path: Path) -> None:
@@ -55,7 +96,7 @@ def test_cv_command_runs_a_subset_of_folds(release_root: Path, tmp_path: Path) -
 
 def test_augmentation_study_regenerates_incrementally_and_resumes(release_root: Path, tmp_path: Path,
                                                                    monkeypatch) -> None:
-    from tnbc_pipeline.evaluation.study import arms, augmentation_study
+    from tnbc_pipeline.experiments.study import arms, augmentation_study
 
     base = DatasetConfig(augment=AugmentConfig(rotations=(90.0,), alpha=(20.0,), sigma=(4.0,), distort=(0.02,),
                                                shrink=()))
@@ -64,7 +105,7 @@ def test_augmentation_study_regenerates_incrementally_and_resumes(release_root: 
     assert plan["none"][0].augment.splits == () and plan["none"][1] is False and plan["full"] == (base, True)
     assert plan["elastic_60_4"][0].augment.alpha == (60.0,) and not plan["elastic_60_4"][0].augment.distort
     small = {k: v for k, v in plan.items() if k in ("none", "elastic_20_4")}
-    monkeypatch.setattr("tnbc_pipeline.evaluation.study.arms", lambda b, e: small)  # two arms keep it short
+    monkeypatch.setattr("tnbc_pipeline.experiments.study.arms", lambda b, e: small)  # two arms keep it short
     out = tmp_path / "study"
     summary = augmentation_study(release_root, out, 4, [1], base, TINY, ((20.0, 4.0),), workers=1, progress=False)
     again = augmentation_study(release_root, out, 4, [1], base, TINY, ((20.0, 4.0),), workers=1, progress=False)

@@ -1,18 +1,23 @@
-"""The infer stage: any folder of images -> masks, probabilities and overlays (and metrics, given masks).
+"""The infer stage: any folder of images -> masks, probabilities and overlays.
 
     OUT/masks/NAME.png           binary mask, values {0, 255}
     OUT/probabilities/NAME.png   nucleus probability x 255
     OUT/overlays/NAME.png        the image with each nucleus' outline drawn in green (no uint8 wrap-around)
-    OUT/metrics.csv, OUT/comparison.png   with --masks DIR (masks matched by file stem)
+    OUT/postprocess.json         the post-processing used and where it came from (saved choice, defaults, flags)
+    OUT/identity.json            what made the folder: the model's sha256, tta, the post-processing, the images
 
 Images of any size and count, in any format cv2 reads (PNG, JPEG, TIFF, BMP); alpha is dropped,
-grey images are used as RGB. Large images are predicted in Gaussian-blended tiles. Post-processing
-(small objects removed, nuclei separated) is eval's: see `tnbc_pipeline.evaluation.evaluate`.
+grey images are used as RGB. Large images are predicted in Gaussian-blended tiles. Post-processing is
+the run's saved choice (RUN/postprocess.json, see `tnbc eval`), fields overridden by flags.
+
+Scoring against truth masks is evaluation's business: a caller passes `on_image`, called once per image
+with (path, RGB image, int32 labels), and the evaluation wing's scorer collects metrics from it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +25,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from tnbc_pipeline import identity
+from tnbc_pipeline.config import MASK_CHANNEL, to_dict
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.evaluation.evaluate import RunModel, post_process
-from tnbc_pipeline.evaluation.metrics import (MIN_AREA, instance_labels, instance_metrics, label_instances,
-                                              pixel_metrics)
-from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, write_csv
+from tnbc_pipeline.inference.postprocess import segment
+from tnbc_pipeline.inference.predictor import RunModel
+from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+OnImage = Callable[[Path, np.ndarray, np.ndarray], None]
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -70,47 +77,42 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def infer(run_dir: Path, images: Path, out: Path, threshold: float | None = None, tta: bool = False,
-          masks: Path | None = None, split_touching: bool = False, min_area: int = MIN_AREA,
-          instances: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
-    """Predict every image in `images` into `out`; return metric rows when `masks` is given."""
-    from tnbc_pipeline.evaluation.plots import image_grid
-
-    images, out = Path(images), Path(out)
+def image_files(images: Path) -> list[Path]:
+    """The images of a folder (by suffix, hidden files skipped), sorted by name."""
     if not images.is_dir():
         raise TnbcError(f"{images}: not a folder")
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise TnbcError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | None = None, tta: bool = False,
+          on_image: OnImage | None = None, progress: bool = True) -> dict[str, Any]:
+    """Predict every image in `images` into `out` with the run's post-processing (`overrides`: fields of
+    PostProcess replaced by the caller); return the post-processing record written to OUT/postprocess.json."""
+    images, out = Path(images), Path(out)
+    files = image_files(images)
     run = RunModel(run_dir, tta=tta)
-    threshold = run.threshold() if threshold is None else threshold
-    mode = run.instances(split_touching, instances)
+    post, source = run.resolve(overrides or {})
     for sub in ("masks", "probabilities", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rows, grid = [], []
+    hashes = {}
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
+        hashes[path.name] = sha256_bytes(path.read_bytes())
         image = read_image(path)
-        prob, interior = run.predict(image.astype(np.float32) / 255.0)
-        mask, how = post_process(prob, interior, threshold, min_area, mode)
-        labels = instance_labels(mask, **how)
+        probs = run.predict(image.astype(np.float32) / 255.0)
+        labels = segment(probs, run.channels, post)
         name = f"{path.stem}.png"
-        atomic_write_bytes(out / "masks" / name, encode_png(np.where(mask, 255, 0).astype(np.uint8)))
+        atomic_write_bytes(out / "masks" / name, encode_png(np.where(labels > 0, 255, 0).astype(np.uint8)))
+        prob = probs[..., MASK_CHANNEL]
         atomic_write_bytes(out / "probabilities" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
         atomic_write_bytes(out / "overlays" / name, encode_png(overlay(image, labels)))
-        if masks is not None:
-            candidates = [p for p in Path(masks).glob(f"{path.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
-            if not candidates:
-                raise TnbcError(f"{masks}: no mask named {path.stem}.* for {path}")
-            truth = read_mask(candidates[0])
-            if truth.shape != mask.shape:
-                raise TnbcError(f"{candidates[0]}: mask size {truth.shape} differs from its image {mask.shape}")
-            m = {**pixel_metrics(truth, mask), **instance_metrics(label_instances(truth), labels)}  # labels: once
-            rows.append({"image": path.name, **{k: round(float(v), 5) for k, v in m.items()}})
-            if len(grid) < 6:
-                grid.append([image, truth, mask])
-    if rows:
-        write_csv(out / "metrics.csv", rows)
-        image_grid(grid, ["image", "truth", "prediction"], out / "comparison.png",
-                   row_labels=[r["image"] for r in rows[: len(grid)]])
-    log.info("%d image(s) -> %s (threshold %.2f)", len(files), out, threshold)
-    return rows
+        if on_image is not None:
+            on_image(path, image, labels)
+    record = {"postprocess": to_dict(post), "source": source, "model_sha256": run.model_sha256, "tta": tta}
+    write_json(out / "postprocess.json", record)
+    identity.write(out, identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta},
+                                          {"model": run.model_sha256, "images": identity.digest_of(hashes)}))
+    log.info("%d image(s) -> %s (threshold %.2f, nuclei by %s)", len(files), out, post.threshold, post.instances)
+    return record

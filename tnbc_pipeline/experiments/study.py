@@ -12,26 +12,28 @@ Every arm trains the same train config (same steps: the budget is fixed, only th
 same folds of the grouped k-fold and is scored on the fold's test patients (originals, never augmented).
 
     OUT/fold{i}/TNBC/             the fold's dataset, regenerated arm after arm
-    OUT/{arm}/fold{i}/run/        each arm's run with eval_test/, and dataset.json (that regeneration's
-                                  seconds and rendered items, the elastic displacement it measured)
+    OUT/{arm}/fold{i}/run/        each arm's run with eval_test/
+    OUT/{arm}/fold{i}/result.json the eval summary, that regeneration's seconds and rendered items, the
+                                  elastic displacement it measured, and the identities of run and eval
+    OUT/{arm}/fold{i}/identity.json   what that result depends on (see experiments/cv.py)
     OUT/study_runs.csv            one row per (arm, fold)
     OUT/study_summary.json        {arm: {metric: {mean, sd, folds}, regen_seconds, rendered, elastic}} + settings
     OUT/study_metrics.png         grouped bars: one group per metric, one bar per arm (mean over folds)
 
-Resumable: an arm whose fold is scored (dataset.json + eval_test/summary.json) is not rebuilt or retrained.
+Resumable: an arm whose fold was scored with the same identity is neither rebuilt nor retrained; one whose
+settings changed is run again (its run refused unless `force`, as in cv).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline.config import AugmentConfig, DatasetConfig, TrainConfig, to_dict
-from tnbc_pipeline.evaluation.cv import REPORTED, fold_row, run_fold, summarise
-from tnbc_pipeline.io import write_csv, write_json
+from tnbc_pipeline.experiments.cv import REPORTED, Scoring, fold_config, fold_identities, fold_row, scored_fold, summarise
+from tnbc_pipeline.io import read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +59,41 @@ def arms(base: DatasetConfig, elastic: tuple[tuple[float, float], ...] = DEFAULT
 
 
 def _arm_fold(raw: Path, out: Path, arm: str, fold: int, folds: int, data_cfg: DatasetConfig,
-              train_cfg: TrainConfig, split_touching: bool, workers: int | None, progress: bool) -> dict[str, Any]:
-    run_dir = out / arm / f"fold{fold}" / "run"
-    regen_path = run_dir.parent / "dataset.json"
-    scored = run_dir / "eval_test" / "summary.json"
-    if regen_path.exists() and scored.exists():
-        summary = json.loads(scored.read_text())
-        if summary.get("split_touching") == split_touching:
-            return {**summary, "dataset": json.loads(regen_path.read_text())}
+              train_cfg: TrainConfig, scoring: Scoring, workers: int | None, progress: bool,
+              force: bool) -> dict[str, Any]:
+    folder = out / arm / f"fold{fold}"
     data_dir = out / f"fold{fold}" / "TNBC"
-    summary = run_fold(raw, data_dir, run_dir, fold, folds, data_cfg, train_cfg, split_touching, workers, progress)
-    built = summary["dataset"]
-    if built["changed"] or not regen_path.exists():  # a resumed arm keeps the timing of its real regeneration
-        manifest = json.loads((data_dir / "manifest.json").read_text())
-        write_json(regen_path, {**built, "elastic": manifest.get("elastic", [])})
-    return {**summary, "dataset": json.loads(regen_path.read_text())}
+    result = scored_fold(folder, raw, data_dir, fold_config(data_cfg, fold, folds), train_cfg, scoring, workers,
+                         progress, force)
+    if "elastic" not in result["dataset"]:  # measured by the regeneration that made this arm's data
+        result["dataset"]["elastic"] = read_json(data_dir / "manifest.json").get("elastic", [])
+        write_json(folder / "result.json", result)
+    return result
 
 
 def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_cfg: DatasetConfig,
                        train_cfg: TrainConfig, elastic: tuple[tuple[float, float], ...] = DEFAULT_ELASTIC,
-                       split_touching: bool = False, workers: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       scoring: Scoring = Scoring(), workers: int | None = None,
+                       progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Run (or resume) every arm on folds `only` of a `folds`-fold patient split; write the tables and chart."""
-    from tnbc_pipeline.evaluation.plots import bar_chart
+    from tnbc_pipeline.report import bar_chart
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = arms(data_cfg, elastic)
     rows: list[dict[str, Any]] = []
+    made: list[dict[str, Any]] = []
     for fold in only:
         for arm, (cfg, flip_rot) in plan.items():
             log.info("study: fold %d, arm %s", fold, arm)
             arm_train = dataclasses.replace(train_cfg, flip_rot=flip_rot)
-            s = _arm_fold(Path(raw), out, arm, fold, folds, cfg, arm_train, split_touching, workers, progress)
+            s = _arm_fold(Path(raw), out, arm, fold, folds, cfg, arm_train, scoring, workers, progress, force)
             disp = s["dataset"]["elastic"]
             rows.append({"arm": arm, **fold_row(fold, s), "regen_seconds": s["dataset"]["seconds"],
                          "rendered": s["dataset"]["rendered"], "items": s["dataset"]["items"],
                          "elastic_mean_disp_px": " ".join(f"{d['mean_disp_px']:g}" for d in disp),
                          "elastic_p99_disp_px": " ".join(f"{d['p99_disp_px']:g}" for d in disp)})
+            made.append({"arm": arm, **fold_identities(fold, s)})
     write_csv(out / "study_runs.csv", rows)
     summary: dict[str, Any] = {}
     for arm in plan:
@@ -104,8 +103,10 @@ def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_c
                         "elastic_mean_disp_px": mine[0]["elastic_mean_disp_px"],
                         "elastic_p99_disp_px": mine[0]["elastic_p99_disp_px"],
                         "online_flip_rot": plan[arm][1], "augment": to_dict(plan[arm][0].augment)}
-    summary["settings"] = {"folds": folds, "evaluated_folds": list(only), "split_touching": split_touching,
+    summary["settings"] = {"folds": folds, "evaluated_folds": list(only),
+                           "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
                            "train_config": to_dict(train_cfg), "arms": list(plan)}
+    summary["identities"] = made
     write_json(out / "study_summary.json", summary)
     bar_chart({k: [summary[a][k]["mean"] for a in plan] for k in REPORTED}, list(plan), out / "study_metrics.png")
     return summary

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tnbc_pipeline.evaluation.tiling import gaussian_weight, predict_image, starts
+from tnbc_pipeline.inference.tiling import gaussian_weight, predict_image, starts
 
 
 def pointwise(batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""Grouped k-fold cross-validation by patient: every patient is in exactly one fold's test set.
+
+    OUT/fold{i}/TNBC/            that fold's dataset (split.folds = K, split.fold = i) and its tfrecords/
+    OUT/fold{i}/run/             its training run, with eval_test/ (metrics on the fold's test patients)
+    OUT/fold{i}/identity.json    what the fold's result depends on: every stage's settings + the release
+    OUT/fold{i}/result.json      the fold's eval summary, its dataset build, the run's and eval's identities
+    OUT/cv_folds.csv             one row per fold: test patients, images, every metric
+    OUT/cv_summary.json          {metric: {"mean": m, "sd": s, "folds": [...]}}, the settings, and per fold
+                                 the identities of the fold, its run and its eval
+    OUT/cv_metrics.png           a bar chart of the fold metrics with their mean
+
+A fold whose identity matches is reused as it is (one info line). Otherwise each step is the ordinary
+stage, so a rerun resumes: an unchanged dataset and records are no-ops, an interrupted run resumes from
+its last epoch, an eval of the same identity is reused -- and a run made with other settings is refused
+in one line (`force`: train it again), so new settings never report old numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tnbc_pipeline import identity
+from tnbc_pipeline.config import DatasetConfig, RecordsConfig, TrainConfig, to_dict
+from tnbc_pipeline.io import read_json, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+REPORTED = ("dice", "iou", "aji", "f1", "pq", "precision", "recall")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How each fold's model is scored on its test patients."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)  # PostProcess fields fixed by the user; the
+    #                                                           threshold, unless given, is chosen on valid
+    tta: bool = False  # average the 8 flips/rotations
+
+
+def fold_config(data_cfg: DatasetConfig, fold: int, folds: int) -> DatasetConfig:
+    return dataclasses.replace(data_cfg, split=dataclasses.replace(data_cfg.split, folds=folds, fold=fold))
+
+
+def fold_identity(raw: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig, scoring: Scoring) -> identity.Identity:
+    """Everything a fold's result depends on, computable before any stage runs: the dataset identity
+    (settings + release bytes), the records, train and scoring settings."""
+    from tnbc_pipeline.data.dataset import expected_identity
+
+    return identity.Identity("fold", {"records": to_dict(RecordsConfig()), "train": to_dict(train_cfg),
+                                      "scoring": {"overrides": scoring.overrides, "tta": scoring.tta}},
+                             {"dataset": expected_identity(raw, data_cfg).digest})
+
+
+def run_fold(raw: Path, data_dir: Path, run_dir: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig,
+             scoring: Scoring, workers: int | None, progress: bool, force: bool) -> dict[str, Any]:
+    """Dataset (in `data_dir`) -> records -> train (in `run_dir`) -> eval on test for one fold; return its
+    eval summary with the dataset build's seconds and rendered item count under "dataset"."""
+    from tnbc_pipeline.data.dataset import build_dataset
+    from tnbc_pipeline.data.records import build_records
+    from tnbc_pipeline.evaluation.evaluate import evaluate
+    from tnbc_pipeline.model.train import train
+
+    built = build_dataset(raw, data_dir, data_cfg, workers=workers, progress=progress)
+    build_records(data_dir, None, RecordsConfig(), progress=progress)
+    records = data_dir / "tfrecords"
+    train(records, run_dir, train_cfg, progress=progress, replace_stale=force)
+    summary = evaluate(run_dir, records, "test", scoring.overrides, scoring.tta, progress=progress)
+    return {**summary, "dataset": {"seconds": round(built.seconds, 2), "changed": built.changed,
+                                   "rendered": sum(r.get("rendered", 0) for r in built.rows.values()),
+                                   "items": sum(r.get("items", 0) for r in built.rows.values())}}
+
+
+def scored_fold(folder: Path, raw: Path, data_dir: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig,
+                scoring: Scoring, workers: int | None, progress: bool, force: bool) -> dict[str, Any]:
+    """A fold's result (`folder`/result.json), reused when `folder` records the same identity, else made
+    by `run_fold` (run in `folder`/run) and recorded with its identity."""
+    wanted = fold_identity(raw, data_cfg, train_cfg, scoring)
+    result_path = folder / "result.json"
+    if identity.matches(folder, wanted) and result_path.is_file():
+        log.info("%s: already scored with these settings (identity %s); reusing it", folder, wanted.digest[:12])
+        return read_json(result_path)
+    previous = read_json(result_path) if result_path.is_file() else {}
+    result = run_fold(raw, data_dir, folder / "run", data_cfg, train_cfg, scoring, workers, progress, force)
+    if not result["dataset"]["changed"] and "dataset" in previous:
+        result["dataset"] = previous["dataset"]  # keep the timing of the build that really made the data
+    result["fold_identity"] = wanted.digest
+    write_json(result_path, result)
+    identity.write(folder, wanted)
+    return result
+
+
+def fold_row(fold: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row of a fold's eval summary: test patients, images, post-processing and the reported metrics."""
+    return {"fold": fold, "test_patients": " ".join(summary["patients"]), "images": summary["images"],
+            "threshold": summary["threshold"], "instances": summary["instances"], "min_area": summary["min_area"],
+            **{k: summary["mean_over_images"][k] for k in REPORTED}}
+
+
+def fold_identities(fold: int, result: dict[str, Any]) -> dict[str, Any]:
+    """What a summary records of each fold: the identities of the fold, its run and its eval."""
+    return {"fold": fold, "fold_identity": result["fold_identity"], "run_identity": result["run_identity"],
+            "model_sha256": result["model_sha256"], "eval_identity": result["identity"]}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{metric: {"mean", "sd" (ddof 1; 0 for one fold), "folds"}} over fold rows."""
+    return {k: {"mean": round(float(np.mean([r[k] for r in rows])), 5),
+                "sd": round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 5),
+                "folds": [r[k] for r in rows]} for k in REPORTED}
+
+
+def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
+                   only: list[int] | None = None, scoring: Scoring = Scoring(), workers: int | None = None,
+                   progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Run (or resume) every fold (or `only` those), then write the fold table, summary and chart.
+    `force`: retrain a fold whose run was made with other settings instead of refusing it."""
+    from tnbc_pipeline.report import bar_chart
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, made = [], []
+    for fold in only if only is not None else range(folds):
+        log.info("fold %d of %d", fold + 1, folds)
+        folder = out / f"fold{fold}"
+        result = scored_fold(folder, Path(raw), folder / "TNBC", fold_config(data_cfg, fold, folds), train_cfg,
+                             scoring, workers, progress, force)
+        rows.append(fold_row(fold, result))
+        made.append(fold_identities(fold, result))
+    write_csv(out / "cv_folds.csv", rows)
+    summary: dict[str, Any] = summarise(rows)
+    summary["settings"] = {"folds": folds, "evaluated_folds": [r["fold"] for r in rows],
+                           "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
+                           "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
+    summary["identities"] = made
+    write_json(out / "cv_summary.json", summary)
+    bar_chart({k: summary[k]["folds"] for k in REPORTED}, [f"fold {r['fold']}" for r in rows], out / "cv_metrics.png")
+    return summary
