@@ -17,7 +17,7 @@ import click
 from tnbc_pipeline import __version__
 from tnbc_pipeline.config import (Compression, InstanceMethod, LossName, ModelName, PrecisionName, StrategyName,
                                   choices)
-from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
 
@@ -29,10 +29,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except TnbcError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
+        except click.UsageError as exc:  # a bad flag or value: one line too, naming the command
+            where = exc.ctx.command.name if exc.ctx is not None and exc.ctx.parent is not None else "tnbc"
+            raise click.ClickException(one_line(f"{where}: {exc.format_message()}")) from None
         except OSError as exc:  # disk full, permission denied, a file where a folder should be, ...
             where = exc.filename if exc.filename is not None else "file system"
-            raise click.ClickException(f"{where}: {exc.strerror or exc}") from None
+            raise click.ClickException(one_line(f"{where}: {exc.strerror or exc}")) from None
         except KeyboardInterrupt:
             click.echo("interrupted; previous outputs are intact, rerun to continue", err=True)
             sys.exit(130)
@@ -78,7 +81,8 @@ def fetch(obj: dict, out: Path, url: str | None, md5: str | None, sha256: str | 
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the release into.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the synthetic images.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Random seed of the synthetic images.")
 @click.option("--size", type=click.IntRange(32, 4096), default=512, show_default=True, help="Image side in pixels.")
 def synth(out: Path, seed: int, size: int) -> None:
     """Write a synthetic H&E-like release in the real layout (50 images, 11 patients)."""
@@ -114,6 +118,8 @@ def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tu
              "split.folds": folds, "split.fold": fold, "mask_threshold": mask_threshold}
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
     cfg = load_config(DatasetConfig, config_path, overrides)
+    if fold is not None and not cfg.split.folds:
+        raise TnbcError(f"--fold {fold} needs --folds (or split.folds in the config): k-fold is off")
     summary = build_dataset(raw, out, cfg, workers=workers, force=force, progress=obj["progress"])
     if not summary.changed:
         click.echo(f"{out}: up to date ({sum(r['items'] for r in summary.rows.values())} items); nothing to do")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -50,6 +51,21 @@ def _check_choice(value: Any, literal: Any, key: str, what: str = "value") -> No
         raise TnbcError(f"{key}: unknown {what} '{value}' (expected {' | '.join(choices(literal))})")
 
 
+SEED_LIMIT = 2**32  # seeds go to NumPy's legacy seeding (via Keras), which takes [0, 2**32)
+
+
+def _check_numbers(cfg: Any, prefix: str = "") -> None:
+    """Every float of a config (alone or in a tuple) is finite -- nan passes every range check and inf
+    reaches OpenCV -- and every seed is in [0, SEED_LIMIT)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise TnbcError(f"{prefix}{f.name}: must be a finite number, got {v}")
+        if f.name == "seed" and not 0 <= value < SEED_LIMIT:
+            raise TnbcError(f"{prefix}seed must be in [0, 2**32), got {value}")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How patients (never images) are assigned to train/valid/test."""
@@ -64,6 +80,7 @@ class SplitConfig:
     fold: int = 0  # which fold is the test set when folds > 0
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "split.")
         for name in ("test_fraction", "valid_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -74,6 +91,8 @@ class SplitConfig:
             raise TnbcError(f"split.folds must be 0 (off) or >= 2, got {self.folds}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise TnbcError(f"split.fold must be in [0, {self.folds}), got {self.fold}")
+        if not self.folds and self.fold:
+            raise TnbcError(f"split.fold = {self.fold} needs split.folds (--folds): k-fold is off")
         if self.folds and (self.train or self.valid or self.test):
             raise TnbcError("split: give either explicit patient lists or folds, not both")
         seen: dict[str, str] = {}
@@ -97,6 +116,7 @@ class AugmentConfig:
     splits: tuple[str, ...] = ("train", "valid")  # splits that get variants; the others keep originals only
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "augment.")
         for name in ("alpha", "sigma"):
             for value in getattr(self, name):
                 if value <= 0:
@@ -132,6 +152,7 @@ class DatasetConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "")
         if self.mask_threshold is not None and not 0 <= self.mask_threshold < 255:
             raise TnbcError(f"mask_threshold must be in [0, 255), got {self.mask_threshold}")
         if not 0 <= self.png_compression <= 9:
@@ -156,6 +177,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise TnbcError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise TnbcError(f"{key}: must be a finite number, got {value}")
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
@@ -204,12 +227,12 @@ def load_config(cls: type[T], path: Path | None, overrides: dict[str, Any] | Non
     data: dict[str, Any] = {}
     where = "command line"
     if path is not None:
+        from tnbc_pipeline.io import read_text
+
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise TnbcError(f"{path}: cannot read config ({exc.strerror})") from exc
+            data = tomllib.loads(read_text(Path(path), 1024 * 1024))
         except tomllib.TOMLDecodeError as exc:
-            raise TnbcError(f"{path}: invalid TOML ({exc})") from exc
+            raise TnbcError(f"{path}: invalid TOML ({str(exc)[:200]})") from exc
         from_dict(cls, data, str(path))  # report file errors against the file, before overrides
         where = f"{path} + command line"
     return from_dict(cls, _merge(data, overrides or {}), where)
@@ -233,6 +256,7 @@ class RecordsConfig:
     seed: int = 0  # fixed shuffle of items before sharding, so every shard mixes patients and ops
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "")
         if not self.shard_mb > 0:
             raise TnbcError(f"shard_mb must be > 0, got {self.shard_mb}")
         _check_choice(self.compression, Compression, "compression")
@@ -253,6 +277,7 @@ class ModelConfig:
     #                    whose components split touching nuclei at evaluation; 0: the mask channel only
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "model.")
         _check_choice(self.name, ModelName, "model.name", "model")
         if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
@@ -302,6 +327,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "")
         positive = ("epochs", "steps_per_epoch", "batch_size", "patch", "val_batch_size", "shuffle_buffer")
         for name in positive:
             if getattr(self, name) < 1:
@@ -329,6 +355,7 @@ class PostProcess:
     min_distance: int = 7  # watershed: least distance in px between the distance peaks that seed nuclei
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "postprocess.")
         for name in ("threshold", "core_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise TnbcError(f"postprocess.{name} must be in (0, 1), got {getattr(self, name)}")

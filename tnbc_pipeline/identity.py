@@ -27,6 +27,7 @@ from tnbc_pipeline.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 FILE = "identity.json"
+COMMANDS = {"run": "train", "fold": "cv"}  # stages whose command has another name
 
 
 def canonical(obj: Any) -> Any:
@@ -124,6 +125,33 @@ def describe(folder: Path, diffs: list[str]) -> str:
     """One line: the folder and what differs (the first setting, and how many more)."""
     more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
     return f"{folder}: made with other settings: {diffs[0]}{more}"
+
+
+def stage_of(folder: Path) -> str | None:
+    """The stage named by `folder`'s identity.json (its marker), or None when it has none that parses."""
+    found = read(folder)
+    return found.stage if found else None
+
+
+def claim(folder: Path, stage: str) -> None:
+    """Refuse, in one line, to write into `folder` unless it does not exist, is empty, or carries the
+    marker of `stage` (an identity.json that stage wrote): a stage never treats a folder of the user's,
+    or another stage's, as its own. Symbolic links are refused too (they would write elsewhere)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise TnbcError(f"{folder}: is a symbolic link; give the real folder")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise TnbcError(f"{folder}: exists and is not a folder")
+    if next(folder.iterdir(), None) is None:
+        return
+    marker = stage_of(folder)
+    if marker != stage:
+        made = f"made by `tnbc {COMMANDS.get(marker, marker)}`" if marker else f"holds files tnbc did not write (no {FILE})"
+        raise TnbcError(f"{folder}: not empty and {made}; tnbc {COMMANDS.get(stage, stage)} writes only into a "
+                        "new or empty folder "
+                        "or one it made itself")
 
 
 def matches(folder: Path, identity: Identity) -> bool:

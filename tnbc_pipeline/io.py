@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -169,15 +170,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file the tool wrote; unreadable or invalid JSON is a one-line TnbcError naming it."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TnbcError(f"{path}: cannot read JSON ({exc})") from exc
+        return json.loads(read_text(path, 64 * 1024 * 1024))
+    except ValueError as exc:
+        raise TnbcError(f"{path}: cannot read JSON ({str(exc)[:200]})") from exc
 
 
 @contextlib.contextmanager
 def folder_lock(target: Path) -> Iterator[None]:
     """Hold `.<name>.lock` beside `target` so a second run on the same output fails fast."""
+    target = Path(os.path.abspath(target))  # '..' or '.' name the folder itself, never a lock inside it
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -200,6 +203,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _sibling(target: Path, tag: str) -> Path:
+    target = Path(os.path.abspath(target))
     return target.parent / f".{target.name}.{tag}"
 
 
@@ -208,29 +212,71 @@ def staging_dir(target: Path) -> Path:
     return _sibling(target, "partial")
 
 
-def recover_dir(target: Path) -> None:
-    """Undo a swap that a kill interrupted: put the previous version back if `target` went missing."""
+def recover_dir(target: Path, keep: Callable[[str], bool]) -> None:
+    """Finish a swap that a kill interrupted (see `replace_dir`): put the previous version back if
+    `target` went missing, else carry its kept entries across and remove it."""
     old = _sibling(target, "old")
-    if old.exists():
+    if old.is_dir() and not old.is_symlink():
         if target.exists():
-            shutil.rmtree(old)
+            _carry_and_remove(old, target, keep)
         else:
             os.replace(old, target)
 
 
-def replace_dir(target: Path, new: Path, keep: Callable[[str], bool]) -> None:
-    """Make `new` the contents of `target`: entries of the old `target` for which `keep(name)` holds
-    (files other stages own) move across first; then two renames swap the folders.
+def _carry_and_remove(old: Path, target: Path, keep: Callable[[str], bool]) -> None:
+    for entry in sorted(old.iterdir()):
+        if keep(entry.name) and not os.path.lexists(target / entry.name):
+            os.replace(entry, target / entry.name)
+    shutil.rmtree(old)
 
-    A kill between the renames leaves `.<name>.old`, which `recover_dir` restores on the next run.
+
+def replace_dir(target: Path, new: Path, keep: Callable[[str], bool]) -> None:
+    """Make `new` the contents of `target`; entries of the old `target` for which `keep(name)` holds
+    (what the stage did not write: another stage's folder, say) are carried across.
+
+    Two renames swap the folders first (the old one becomes `.<name>.old`), and only then are kept
+    entries moved from it into the new `target` and the rest removed -- so nothing kept ever sits in a
+    folder that is about to be deleted. A kill anywhere leaves `.<name>.old`, which `recover_dir` finishes.
     """
-    if target.exists():
-        for entry in sorted(target.iterdir()):
-            if keep(entry.name) and not (new / entry.name).exists():
-                os.replace(entry, new / entry.name)
-        old = _sibling(target, "old")
-        os.replace(target, old)
+    if not target.exists():
         os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
+        return
+    old = _sibling(target, "old")
+    os.replace(target, old)
+    os.replace(new, target)
+    _carry_and_remove(old, target, keep)
+
+
+MAX_READ_BYTES = 256 * 1024 * 1024  # config, JSON and image files above this are refused, never read
+
+
+def read_regular(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. Anything else -- missing, a folder, a FIFO
+    or device (which would block or never end), too large -- is a one-line TnbcError naming the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open itself
+    except OSError as exc:
+        raise TnbcError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TnbcError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise TnbcError(f"{path}: {info.st_size} bytes (limit {limit})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise TnbcError(f"{path}: more than {limit} bytes")
+        return data
+    except OSError as exc:
+        raise TnbcError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path, limit: int = MAX_READ_BYTES) -> str:
+    """A regular file's text (UTF-8); a file that is not UTF-8 is a one-line TnbcError."""
+    try:
+        return read_regular(path, limit).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TnbcError(f"{path}: not UTF-8 text (byte {exc.start})") from None

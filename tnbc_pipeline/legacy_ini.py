@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.io import read_text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def read_legacy_ini(path: Path) -> dict[str, Any]:
     """INI file -> a nested dict of TrainConfig keys (feed it to `config.from_dict`)."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
     try:
-        parser.read_string(Path(path).read_text(), source=str(path))
+        parser.read_string(read_text(Path(path), 1024 * 1024), source=str(path))
     except (OSError, configparser.Error) as exc:
         raise TnbcError(f"{path}: cannot read INI config ({str(exc).splitlines()[0]})") from exc
     out: dict[str, Any] = {"model": {"name": "unet_seed", "batch_norm": False}}

@@ -15,7 +15,7 @@ from tnbc_pipeline.data.synth import PATIENT_COUNTS, synth_case, write_release
 def test_layout_counts_and_determinism(release_root: Path, tmp_path: Path) -> None:
     assert release_root.name == "TNBC_NucleiSegmentation"
     assert sorted(p.name for p in release_root.iterdir()) == sorted(
-        [f"Slide_{p}" for p in PATIENT_COUNTS] + [f"GT_{p}" for p in PATIENT_COUNTS])
+        [f"Slide_{p}" for p in PATIENT_COUNTS] + [f"GT_{p}" for p in PATIENT_COUNTS] + ["identity.json"])
     assert sum(PATIENT_COUNTS.values()) == 50
     assert tree_digest(write_release(tmp_path, seed=0, size=96)) == tree_digest(release_root)
     assert tree_digest(write_release(tmp_path / "s1", seed=1, size=96)) != tree_digest(release_root)

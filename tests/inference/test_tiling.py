@@ -63,3 +63,12 @@ def test_every_output_channel_is_tiled_and_tta_undone_alike() -> None:
         assert out.shape == (200, 150, 2)
         np.testing.assert_allclose(out[..., 0], image.mean(-1), atol=1e-6)
         np.testing.assert_allclose(out[..., 1], image[..., 0], atol=1e-6)
+
+
+def test_a_2x40000_image_and_a_1x1_image_are_predicted_whole() -> None:
+    """Extreme shapes: tiles along a 2-px strip, a 1-px image padded to the net's multiple and back."""
+    strip = np.random.default_rng(0).random((2, 40000, 3)).astype(np.float32)
+    out = predict_image(lambda b: b[..., :1], strip, tile=32, multiple=4)
+    assert out.shape == (2, 40000, 1) and np.allclose(out[..., 0], strip[..., 0], atol=1e-6)
+    dot = np.full((1, 1, 3), 0.25, np.float32)
+    assert predict_image(lambda b: b[..., :1], dot, tile=32, multiple=4).tolist() == [[[0.25]]]

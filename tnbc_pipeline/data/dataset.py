@@ -21,6 +21,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 RENDER_VERSION = 1  # bump when rendering code changes the bytes of any variant: forces a re-render
 OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl", identity.FILE})
 JOURNAL = ".journal.jsonl"
+
+
+def _foreign(name: str) -> bool:
+    """Entries of a dataset folder the dataset stage does not write (a later stage's `tfrecords/`)."""
+    return name not in OWNED
 
 
 @dataclass
@@ -91,8 +98,42 @@ def render_case(release: Release, case: Case, split: str, variants: list[augment
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(release: Release, cfg: DatasetConfig, out: Path) -> None:
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def _die_with(command: int) -> None:
+    """End this worker when the command that started it ends, however it ends (SIGKILL included).
+    A forkserver worker's parent is the forkserver, not the command: the kernel's parent-death signal
+    covers the forkserver, a watcher thread the command itself."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+
+    def watch() -> None:
+        while _alive(command):
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-command", daemon=True).start()
+
+
+def _init_worker(release: Release, cfg: DatasetConfig, out: Path, command: int | None = None) -> None:
     cv2.setNumThreads(1)  # parallelism comes from the processes; avoid oversubscribing the cores
+    if command is not None:
+        _die_with(command)
     _WORKER.update(release=release, cfg=cfg, out=out)
 
 
@@ -159,7 +200,7 @@ def _start_pool(workers: int, release: Release, cfg: DatasetConfig, staging: Pat
     # re-importing numpy/cv2.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging))
+    pool = ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging, os.getpid()))
     for _ in range(workers):
         pool.submit(int)  # a no-op that makes the executor spawn its processes
     return pool
@@ -217,8 +258,10 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
     raw, out = Path(raw), Path(out)
     workers = workers or os.cpu_count() or 1
     _check_paths(raw, out)
+    identity.claim(out, "dataset")  # a refusal writes nothing, not even the lock (a swap never leaves out foreign)
     with folder_lock(out):
-        recover_dir(out)
+        recover_dir(out, keep=_foreign)
+        identity.claim(out, "dataset")
         release = Release(raw, cfg.mask_threshold)
         current_manifest = manifest.read_manifest(out)
         current, old_items = current_manifest if current_manifest else (None, [])
@@ -287,7 +330,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
         write_json(staging / "manifest.json", result)
         identity.write(staging, wanted)
         (staging / JOURNAL).unlink()
-        replace_dir(out, staging, keep=lambda name: name not in OWNED)
+        replace_dir(out, staging, keep=_foreign)
         summary.rows = _rows(assignment, plan, rendered)
         summary.seconds = time.perf_counter() - start
         return summary

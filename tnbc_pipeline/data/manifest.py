@@ -123,10 +123,28 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], list[Item]] | None:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
             raise TnbcError(f"{path}: no item list")
         items = [Item.from_json(it, str(path)) for it in manifest["items"]]
+        _check_membership(folder, manifest.get("splits"), items)
         return {k: v for k, v in manifest.items() if k != "items"}, items
     except TnbcError as exc:
         log.warning("%s; ignoring the manifest", str(exc)[:300])
     return None
+
+
+def _check_membership(folder: Path, splits: Any, items: list[Item]) -> None:
+    """Each item's split is re-derived from its patient: the manifest's assignment must equal
+    splits.json's, and put the item's patient in the item's split (a hand-edited manifest that moves
+    test images into train is refused, never packed)."""
+    path = folder / "splits.json"
+    if not (isinstance(splits, dict) and set(splits) == set(SPLIT_NAMES)
+            and all(isinstance(v, list) for v in splits.values())):
+        raise TnbcError(f"{folder / 'manifest.json'}: malformed split assignment")
+    if not path.is_file() or read_json(path) != splits:
+        raise TnbcError(f"{path}: missing or differs from the manifest's split assignment")
+    split_of = {p: s for s, patients in splits.items() for p in patients}
+    for it in items:
+        if split_of.get(it.patient) != it.split:
+            raise TnbcError(f"{folder / 'manifest.json'}: item {it.name} of patient {it.patient} listed in "
+                            f"{it.split}, but splits.json puts the patient in {split_of.get(it.patient)}")
 
 
 def intact(folder: Path, items: list[Item]) -> dict[str, Item]:

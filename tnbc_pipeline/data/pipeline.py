@@ -77,16 +77,31 @@ def _records(paths: list[str], compression: str) -> tf.data.Dataset:
         cycle_length=min(len(paths), 4), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
+GROW_STEPS = 12  # reflections that take a 2-px side past 2048 px (each step: side -> 2 side - 1)
+
+
+def grow_to(both: tf.Tensor, patch: int) -> tf.Tensor:
+    """(H, W, C) -> at least (patch, patch, C): an image smaller than the patch (e.g. the old 640 config on
+    512 tiles) is reflect-padded, centred. REFLECT pads less than a side per step, so small images are
+    reflected again and again; a 1-px side is doubled first (REFLECT cannot grow it)."""
+    def pad(x: tf.Tensor, amount: tf.Tensor, mode: str) -> tf.Tensor:
+        return tf.pad(x, [[amount[0] // 2, amount[0] - amount[0] // 2],
+                          [amount[1] // 2, amount[1] - amount[1] // 2], [0, 0]], mode=mode)
+
+    size = tf.shape(both)[:2]
+    both = pad(both, tf.where((size == 1) & (size < patch), 1, 0), "SYMMETRIC")
+    for _ in range(GROW_STEPS):
+        size = tf.shape(both)[:2]
+        both = pad(both, tf.minimum(tf.maximum(patch - size, 0), size - 1), "REFLECT")
+    return both
+
+
 def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
                  flip_rot: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
     """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint8 (H, W, 1) as ONE tensor,
     so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,). `flip_rot=False`:
     the crop only (the augmentation study's "no augmentation" arm)."""
-    both = tf.concat([image, mask], axis=-1)
-    # Images smaller than the patch (e.g. the old 640 config on 512 tiles) are reflect-padded first.
-    short = tf.maximum(patch - tf.shape(both)[:2], 0)
-    both = tf.pad(both, [[short[0] // 2, short[0] - short[0] // 2], [short[1] // 2, short[1] - short[1] // 2], [0, 0]],
-                  mode="REFLECT")
+    both = grow_to(tf.concat([image, mask], axis=-1), patch)
     crop_seed, flip_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     both = tf.image.stateless_random_crop(both, [patch, patch, 4], crop_seed)
     if flip_rot:

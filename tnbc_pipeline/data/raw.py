@@ -10,13 +10,14 @@ import os
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import decode_image, decode_mask, sha256_bytes
+from tnbc_pipeline.io import decode_image, decode_mask, read_regular, sha256_bytes
 
 _MEMBER = re.compile(r"^(?P<root>(?:.*/)?)(?P<kind>Slide|GT)_(?P<pp>\d{2})/(?P<file>[^/]+)$")
 _FILE = re.compile(r"^(?P<pp>\d{2})_(?P<k>\d+)\.png$")
@@ -45,7 +46,7 @@ def _walk(path: Path) -> list[str]:
         rel_dir = os.path.relpath(dirpath, path)
         depth = 0 if rel_dir == "." else rel_dir.count(os.sep) + 1
         dirnames[:] = sorted(d for d in dirnames if not _skipped(d)) if depth < MAX_DEPTH else []
-        for name in filenames:
+        for name in sorted(filenames):  # sorted: the same tree always reads the same way
             rel = name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
             if not _skipped(rel):
                 found.append(rel)
@@ -105,6 +106,7 @@ class Release:
         roots: set[str] = set()
         images: dict[str, str] = {}
         masks: dict[str, str] = {}
+        clash: tuple[str, str, str] | None = None
         for rel in members:
             m = _MEMBER.match(rel)
             if not m:
@@ -114,12 +116,18 @@ class Release:
             if not f or f["pp"] != m["pp"]:
                 raise TnbcError(f"{self.name(rel)}: unexpected file name (expected {m['pp']}_K.png)")
             key = f"{f['pp']}_{int(f['k'])}"
-            (images if m["kind"] == "Slide" else masks)[key] = rel
+            found = images if m["kind"] == "Slide" else masks
+            if key in found and clash is None:  # 01_1.png and 01_01.png: one key, two files
+                clash = (rel, key, found[key])
+            found[key] = rel
         if not roots:
             raise TnbcError(f"{self.path}: no Slide_PP/ and GT_PP/ folders found (unrecognised release layout)")
         if len(roots) > 1:
             shown = ", ".join(sorted(r or "./" for r in roots))
             raise TnbcError(f"{self.path}: several releases found ({shown}); point at one of them")
+        if clash is not None:  # never pick one of two files silently
+            rel, key, other = clash
+            raise TnbcError(f"{self.name(rel)}: names the same image {key} as {self.name(other)}; remove one of them")
         for key, rel in images.items():
             if key not in masks:
                 raise TnbcError(f"{self.name(rel)}: no matching mask GT_{key[:2]}/{key}.png")
@@ -149,12 +157,15 @@ class Release:
         return f"{self.path}:{rel}" if self.is_zip else str(self.path / rel)
 
     def read_bytes(self, rel: str) -> bytes:
+        """A member's bytes: only regular files (a FIFO or device would block), at most MAX_MEMBER_BYTES;
+        any failure of the archive (encrypted or Deflate64 members, bad CRC, truncation) is one TnbcError."""
+        if not self.is_zip:
+            return read_regular(self.path / rel, MAX_MEMBER_BYTES)
         try:
-            if self.is_zip:
-                return self._open().read(rel)
-            return (self.path / rel).read_bytes()
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise TnbcError(f"{self.name(rel)}: cannot read ({exc})") from exc
+            return self._open().read(rel)
+        except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, ValueError,
+                zlib.error) as exc:  # RuntimeError: encrypted; NotImplementedError: compression method
+            raise TnbcError(f"{self.name(rel)}: cannot read ({str(exc)[:200]})") from exc
 
     def load(self, case: Case) -> tuple[np.ndarray, np.ndarray, str, str]:
         """-> (image RGB uint8 (H,W,3), mask uint8 (H,W) in {0,255}, image sha256, mask sha256)."""

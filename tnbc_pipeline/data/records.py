@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from tnbc_pipeline.config import SPLITS, RecordsConfig, to_dict
 from tnbc_pipeline.data.manifest import Item, read_manifest
 from tnbc_pipeline import identity
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import (folder_lock, png_header, read_json, recover_dir, replace_dir, sha256_bytes, sha256_file,
+from tnbc_pipeline.io import (folder_lock, png_header, read_json, read_regular, recover_dir, replace_dir, sha256_bytes, sha256_file,
                               staging_dir, write_json)
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,33 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
+_SHARD_FILE = re.compile(r"^(train|valid|test)-[0-9]{5}-of-[0-9]{5}\.tfrecord$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _shard_ok(shard: Any) -> bool:
+    """An index entry naming a shard file inside the records folder, of its own split, with sane numbers."""
+    return (isinstance(shard, dict) and isinstance(shard.get("file"), str) and bool(_SHARD_FILE.match(shard["file"]))
+            and shard.get("split") == shard["file"].split("-")[0]
+            and all(type(shard.get(k)) is int and shard[k] >= 0 for k in ("records", "bytes"))
+            and isinstance(shard.get("sha256"), str) and bool(_HEX64.match(shard["sha256"])))
+
+
 def read_index(folder: Path) -> dict[str, Any]:
+    """index.json, checked: every shard entry names a file of this folder (never a path outside it)."""
     path = folder / INDEX
     if not path.exists():
         raise TnbcError(f"{path}: no records index; run `tnbc records` first")
     index = read_json(path)
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+    if not (isinstance(index, dict) and isinstance(index.get("shards"), list) and all(map(_shard_ok, index["shards"]))
+            and index.get("compression", "none") in ("none", "gzip")):
         raise TnbcError(f"{path}: malformed records index; rerun `tnbc records --force`")
     return index
+
+
+def _foreign(name: str) -> bool:
+    """Entries of a records folder the records stage does not write."""
+    return name not in (INDEX, identity.FILE) and not name.endswith(".tfrecord")
 
 
 SCHEMA_VERSION = 1  # of the TFRecord features (schema.py) and index.json
@@ -99,25 +119,34 @@ def _up_to_date(out: Path, wanted: identity.Identity) -> bool:
 
 def _write_shard(path: Path, items: list[Item], dataset: Path, cfg: RecordsConfig, bar: tqdm) -> dict:
     """Write one shard (hidden temporary name, then rename); return its index entry."""
-    from tnbc_pipeline.data.schema import encode_example
     from tnbc_pipeline.tf_env import tf
 
     tmp = path.with_name(f".{path.name}.tmp")
     options = tf.io.TFRecordOptions(compression_type="GZIP" if cfg.compression == "gzip" else "")
-    with tf.io.TFRecordWriter(str(tmp), options) as writer:
+    try:
+        _write_items(tf.io.TFRecordWriter(str(tmp), options), items, dataset, bar)
+    except tf.errors.OpError as exc:  # TensorFlow's own I/O errors (disk full, ...) are not OSErrors
+        tmp.unlink(missing_ok=True)
+        raise TnbcError(f"{tmp}: cannot write ({exc.message.splitlines()[0][:200]})") from None
+    tmp.rename(path)
+    return {"file": path.name, "split": items[0].split, "records": len(items), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def _write_items(writer: Any, items: list[Item], dataset: Path, bar: tqdm) -> None:
+    from tnbc_pipeline.data.schema import encode_example
+
+    with writer:
         for it in items:
             data = {}
             for kind, rel, digest in (("image", it.image, it.image_sha256), ("mask", it.mask, it.mask_sha256)):
-                data[kind] = (dataset / rel).read_bytes()
+                data[kind] = read_regular(dataset / rel)
                 if sha256_bytes(data[kind]) != digest:
                     raise TnbcError(f"{dataset / rel}: differs from the dataset manifest; rerun `tnbc dataset`")
             width, height, _, _ = png_header(data["image"], str(dataset / it.image))
             writer.write(encode_example(data["image"], data["mask"], height, width, it.name, it.patient, it.source,
                                         it.op))
             bar.update(1)
-    tmp.rename(path)
-    return {"file": path.name, "split": items[0].split, "records": len(items), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
 
 
 def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bool = False,
@@ -129,8 +158,10 @@ def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bo
     if read is None:
         raise TnbcError(f"{dataset / 'manifest.json'}: missing or malformed; run `tnbc dataset` first")
     manifest_sha = sha256_file(dataset / "manifest.json")
+    identity.claim(out, "records")  # a refusal writes nothing, not even the lock
     with folder_lock(out):
-        recover_dir(out)
+        recover_dir(out, keep=_foreign)
+        identity.claim(out, "records")
         summary = RecordsSummary(out=out)
         wanted = records_identity(manifest_sha, cfg)
         if not force and _up_to_date(out, wanted):
@@ -159,7 +190,7 @@ def build_records(dataset: Path, out: Path | None, cfg: RecordsConfig, force: bo
                  "compression": cfg.compression, "shards": shards}
         write_json(staging / INDEX, index)
         identity.write(staging, wanted)
-        replace_dir(out, staging, keep=lambda name: name not in (INDEX, identity.FILE) and not name.endswith(".tfrecord"))
+        replace_dir(out, staging, keep=_foreign)
         summary.rows = _rows(index)
         return summary
 

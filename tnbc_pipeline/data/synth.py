@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from tnbc_pipeline import identity
 from tnbc_pipeline.io import atomic_write_bytes, encode_png
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ def synth_case(rng: np.random.Generator, size: int = 512, stain: np.ndarray | No
 def write_release(out: Path | str, seed: int = 0, size: int = 512) -> Path:
     """Write the synthetic release under `out`; return the `TNBC_NucleiSegmentation` folder."""
     root = Path(out) / RELEASE_DIR
+    identity.claim(root, "synth")  # never over a real release or the user's files
+    root.mkdir(parents=True, exist_ok=True)
+    identity.write(root, identity.Identity("synth", {"seed": seed, "size": size}))
     for pp, count in PATIENT_COUNTS.items():
         # A per-patient stain tint: images of one patient resemble each other more than others'.
         stain = np.random.default_rng([seed, int(pp)]).uniform(0.9, 1.08, 3).astype(np.float32)

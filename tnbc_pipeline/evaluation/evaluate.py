@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 EVAL_FILES = ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png", identity.FILE)
 
 
+def _foreign(name: str) -> bool:
+    """Entries of an eval folder that eval did not write (carried across a rescoring)."""
+    return name not in EVAL_FILES
+
+
 def _bce(truth: np.ndarray, prob: np.ndarray) -> float:
     p = np.clip(prob, 1e-7, 1 - 1e-7)
     return float(-np.mean(np.where(truth, np.log(p), np.log(1 - p))))
@@ -61,13 +66,15 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
     from tnbc_pipeline.report import image_grid
 
     records = Path(records)
+    out = Path(out) if out is not None else Path(run_dir) / f"eval_{split}"
+    identity.claim(out, "eval")  # before any work: never score into a folder of the user's
     run = RunModel(run_dir, tta=tta)
     records_index = index_sha256(records)
     post, source, _ = tune.resolve(run, records, records_index, overrides or {}, progress)
-    out = Path(out) if out is not None else run.run_dir / f"eval_{split}"
     wanted = eval_identity(run, records_index, split, all_ops, to_dict(post))
     with folder_lock(out):
-        recover_dir(out)
+        recover_dir(out, keep=_foreign)
+        identity.claim(out, "eval")
         if identity.matches(out, wanted) and (out / "summary.json").is_file():
             log.info("%s: already scored with these settings (identity %s); reusing it", out, wanted.digest[:12])
             return read_json(out / "summary.json")
@@ -101,5 +108,5 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
                    "model_sha256": run.model_sha256, "run_identity": run.identity, "identity": wanted.digest}
         write_json(staging / "summary.json", summary)
         identity.write(staging, wanted)
-        replace_dir(out, staging, keep=lambda name: name not in EVAL_FILES)
+        replace_dir(out, staging, keep=_foreign)
     return summary

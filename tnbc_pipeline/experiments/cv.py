@@ -43,6 +43,13 @@ class Scoring:
     tta: bool = False  # average the 8 flips/rotations
 
 
+def mark(out: Path, stage: str, settings: dict[str, Any]) -> None:
+    """Claim an experiment's output folder (new, empty, or made by `stage`) and record what it runs."""
+    identity.claim(out, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    identity.write(out, identity.Identity(stage, settings))
+
+
 def fold_config(data_cfg: DatasetConfig, fold: int, folds: int) -> DatasetConfig:
     return dataclasses.replace(data_cfg, split=dataclasses.replace(data_cfg.split, folds=folds, fold=fold))
 
@@ -123,7 +130,11 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
     from tnbc_pipeline.report import bar_chart
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)),
+                "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
+                "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
+    fold_identity(Path(raw), data_cfg, train_cfg, scoring)  # a bad release is refused before anything is written
+    mark(out, "cv", settings)
     rows, made = [], []
     for fold in only if only is not None else range(folds):
         log.info("fold %d of %d", fold + 1, folds)
@@ -134,9 +145,7 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
         made.append(fold_identities(fold, result))
     write_csv(out / "cv_folds.csv", rows)
     summary: dict[str, Any] = summarise(rows)
-    summary["settings"] = {"folds": folds, "evaluated_folds": [r["fold"] for r in rows],
-                           "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
-                           "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
+    summary["settings"] = settings
     summary["identities"] = made
     write_json(out / "cv_summary.json", summary)
     bar_chart({k: summary[k]["folds"] for k in REPORTED}, [f"fold {r['fold']}" for r in rows], out / "cv_metrics.png")

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline.config import AugmentConfig, DatasetConfig, TrainConfig, to_dict
-from tnbc_pipeline.experiments.cv import REPORTED, Scoring, fold_config, fold_identities, fold_row, scored_fold, summarise
+from tnbc_pipeline.experiments.cv import (REPORTED, Scoring, fold_config, fold_identities, fold_identity, fold_row,
+                                          mark, scored_fold, summarise)
 from tnbc_pipeline.io import read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,12 @@ def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_c
     from tnbc_pipeline.report import bar_chart
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = arms(data_cfg, elastic)
+    settings = {"folds": folds, "evaluated_folds": list(only),
+                "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
+                "train_config": to_dict(train_cfg), "arms": list(plan)}
+    fold_identity(Path(raw), data_cfg, train_cfg, scoring)  # a bad release is refused before anything is written
+    mark(out, "study", settings)
     rows: list[dict[str, Any]] = []
     made: list[dict[str, Any]] = []
     for fold in only:
@@ -103,9 +108,7 @@ def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_c
                         "elastic_mean_disp_px": mine[0]["elastic_mean_disp_px"],
                         "elastic_p99_disp_px": mine[0]["elastic_p99_disp_px"],
                         "online_flip_rot": plan[arm][1], "augment": to_dict(plan[arm][0].augment)}
-    summary["settings"] = {"folds": folds, "evaluated_folds": list(only),
-                           "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
-                           "train_config": to_dict(train_cfg), "arms": list(plan)}
+    summary["settings"] = settings
     summary["identities"] = made
     write_json(out / "study_summary.json", summary)
     bar_chart({k: [summary[a][k]["mean"] for a in plan] for k in REPORTED}, list(plan), out / "study_metrics.png")

@@ -30,7 +30,8 @@ from tnbc_pipeline.config import MASK_CHANNEL, to_dict
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.inference.predictor import RunModel
-from tnbc_pipeline.io import MAX_PIXELS, atomic_write_bytes, encode_png, png_header, sha256_bytes, write_json
+from tnbc_pipeline.io import (MAX_PIXELS, atomic_write_bytes, encode_png, png_header, read_regular, sha256_bytes,
+                              write_json)
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,16 @@ OnImage = Callable[[Path, np.ndarray, np.ndarray], None]
 
 def _decode(path: Path) -> np.ndarray:
     """Any image file -> cv2's array, with PNG structure/CRC checks and the pixel limit first."""
-    data = path.read_bytes()
+    data = read_regular(path)
+    if not data:
+        raise TnbcError(f"{path}: empty file")
     if path.suffix.lower() == ".png":
         png_header(data, str(path))
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise TnbcError(f"{path}: unreadable image ({str(exc).strip().splitlines()[-1][:200]})") from None
+    if arr is None or arr.size == 0:
         raise TnbcError(f"{path}: unreadable image")
     if arr.dtype != np.uint8:
         raise TnbcError(f"{path}: {arr.dtype} pixels not supported (expected 8-bit)")
@@ -84,7 +90,18 @@ def image_files(images: Path) -> list[Path]:
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise TnbcError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    seen: dict[str, Path] = {}
+    for path in files:  # outputs are named by stem: s.png and s.jpg would write one file
+        other = seen.setdefault(output_name(path).lower(), path)
+        if other != path:
+            raise TnbcError(f"{path}: would write the same outputs as {other.name} ({output_name(path)}); "
+                            "rename one of them")
     return files
+
+
+def output_name(path: Path) -> str:
+    """The file name of an input image's outputs (masks/, probabilities/, overlays/)."""
+    return f"{path.stem}.png"
 
 
 def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | None = None, tta: bool = False,
@@ -93,17 +110,21 @@ def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | No
     PostProcess replaced by the caller); return the post-processing record written to OUT/postprocess.json."""
     images, out = Path(images), Path(out)
     files = image_files(images)
+    identity.claim(out, "infer")
     run = RunModel(run_dir, tta=tta)
     post, source = run.resolve(overrides or {})
+    made = identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta}, {"model": run.model_sha256})
+    out.mkdir(parents=True, exist_ok=True)
+    identity.write(out, made)  # the marker first: an interrupted run leaves a folder infer recognises
     for sub in ("masks", "probabilities", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     hashes = {}
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
-        hashes[path.name] = sha256_bytes(path.read_bytes())
         image = read_image(path)
+        hashes[path.name] = sha256_bytes(read_regular(path))
         probs = run.predict(image.astype(np.float32) / 255.0)
         labels = segment(probs, run.channels, post)
-        name = f"{path.stem}.png"
+        name = output_name(path)
         atomic_write_bytes(out / "masks" / name, encode_png(np.where(labels > 0, 255, 0).astype(np.uint8)))
         prob = probs[..., MASK_CHANNEL]
         atomic_write_bytes(out / "probabilities" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
@@ -112,7 +133,6 @@ def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | No
             on_image(path, image, labels)
     record = {"postprocess": to_dict(post), "source": source, "model_sha256": run.model_sha256, "tta": tta}
     write_json(out / "postprocess.json", record)
-    identity.write(out, identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta},
-                                          {"model": run.model_sha256, "images": identity.digest_of(hashes)}))
+    identity.write(out, identity.Identity("infer", made.settings, {**made.inputs, "images": identity.digest_of(hashes)}))
     log.info("%d image(s) -> %s (threshold %.2f, nuclei by %s)", len(files), out, post.threshold, post.instances)
     return record

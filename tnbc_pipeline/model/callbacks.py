@@ -32,7 +32,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._training_metadata_path = str(self._state / "training_metadata.json")
 
     def _load_model(self) -> None:
-        recover_dir(self._state)
+        recover_dir(self._state, keep=lambda name: False)
         super()._load_model()
 
     def _save_model(self) -> None:

@@ -53,12 +53,33 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise TnbcError("strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+        check_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
+
+
+def check_tf_config(text: str | None) -> dict[str, Any]:
+    """TF_CONFIG for multi_worker, checked before TensorFlow reads it: JSON with a cluster of worker
+    addresses and this task's type and index within it. Anything else is a one-line TnbcError."""
+    import json
+
+    if not text:
+        raise TnbcError("strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        raise TnbcError(f"TF_CONFIG: not JSON ({str(exc)[:100]})") from None
+    cluster, task = (cfg.get("cluster"), cfg.get("task")) if isinstance(cfg, dict) else (None, None)
+    if not (isinstance(cluster, dict) and cluster and all(
+            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+            for k, v in cluster.items())):
+        raise TnbcError("TF_CONFIG: 'cluster' must map job names to lists of 'host:port' addresses")
+    if not (isinstance(task, dict) and task.get("type") in cluster and type(task.get("index")) is int
+            and 0 <= task["index"] < len(cluster[task["type"]])):
+        raise TnbcError("TF_CONFIG: 'task' must name a job of the cluster and an index within it")
+    return cfg
 
 
 def precision_policy(name: str) -> str:
@@ -106,13 +127,12 @@ def _clear(run_dir: Path) -> None:
 def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any], force: bool,
                  replace_stale: bool) -> bool:
     """Create or check the run folder; return False when the run is already finished (same identity)."""
+    identity.claim(run_dir, "run")  # new, empty, or a run folder: never a folder of the user's
     if force and run_dir.exists():
         _clear(run_dir)
     old = identity.read(run_dir)
-    if run_dir.exists() and (old is None or old.digest != wanted.digest):
-        if old is None and not any((run_dir / n).exists() for n in RUN_FILES):
-            pass  # an empty (or foreign-only) folder: a new run
-        elif replace_stale:
+    if old is not None and old.digest != wanted.digest:
+        if replace_stale:
             log.info("%s; starting it over", identity.describe(run_dir, identity.differences(old, wanted)))
             _clear(run_dir)
         else:
@@ -122,17 +142,28 @@ def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     if identity.read(run_dir) is None:
+        identity.write(run_dir, wanted)  # the marker first: a kill leaves a folder this stage recognises
         write_json(run_dir / "config.json", record)
-        identity.write(run_dir, wanted)
     else:
         log.info("resuming the unfinished run in %s (same settings and records)", run_dir)
     return True
 
 
+def read_done(run_dir: Path) -> dict[str, Any]:
+    """done.json, checked: a record that lacks what the run reports is refused in one line."""
+    path = run_dir / "done.json"
+    done = read_json(path)
+    if not (isinstance(done, dict) and type(done.get("epochs_run")) is int and type(done.get("best_epoch")) is int
+            and isinstance(done.get("best"), dict)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in done["best"].values())):
+        raise TnbcError(f"{path}: malformed run record; use --force to train the run again")
+    return done
+
+
 def completed_epochs(backup_dir: Path) -> int:
     """Epochs the resume state holds (BackupAndRestore's metadata 'epoch'); 0 without a state."""
     state = Path(backup_dir) / "state"
-    recover_dir(state)
+    recover_dir(state, keep=lambda name: False)
     meta = state / "training_metadata.json"
     if not meta.is_file():
         return 0
@@ -184,6 +215,7 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     A lock beside the run folder makes a second run on it fail at once. `force`: start over whatever the
     folder holds; `replace_stale`: start over only a run of another identity (instead of refusing it)."""
     records, run_dir = Path(records), Path(run_dir)
+    index_sha256(records)  # bad records are refused before anything is written, the lock included
     with folder_lock(run_dir):
         return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
 
@@ -203,7 +235,7 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
     if not _prepare_run(run_dir, wanted, record, force, replace_stale):
         log.info("%s: already trained with these settings and records (identity %s); reusing it",
                  run_dir, wanted.digest[:12])
-        return read_json(run_dir / "done.json")
+        return read_done(run_dir)
     history_csv = run_dir / "history.csv"
     trim_history(history_csv, completed_epochs(run_dir / "backup"))
 
