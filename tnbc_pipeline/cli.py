@@ -281,22 +281,24 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 @click.option("--masks", type=click.Path(path_type=Path), help="Truth masks (same stems): adds metrics.csv + comparison.png.")
 @_post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
+@click.option("--mpp", type=float, help="Microns per pixel of the images: adds areas in um^2 to nuclei.csv.")
 @click.pass_obj
 def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
           min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
-          tta: bool) -> None:
+          tta: bool, mpp: float | None) -> None:
     """Masks, probabilities and overlays for any folder of images."""
     from tnbc_pipeline.evaluation.tables import MaskScorer
     from tnbc_pipeline.inference.infer import infer as run_infer
 
     overrides = _overrides(threshold, min_area, instances, core_threshold, split_touching)
     scorer = MaskScorer(masks) if masks is not None else None
-    record = run_infer(run_dir, images, out, overrides, tta, on_image=scorer, progress=obj["progress"])
+    record = run_infer(run_dir, images, out, overrides, tta, on_image=scorer, progress=obj["progress"], mpp=mpp)
     if scorer is not None:
         scorer.write(out)
         click.echo("  ".join(f"{k} {v:.4f}" for k, v in scorer.means().items()))
     post = record["postprocess"]
-    click.echo(f"threshold {post['threshold']:.2f} ({record['source']}), nuclei by {post['instances']} -> {out}")
+    click.echo(f"{record['nuclei']} nuclei; threshold {post['threshold']:.2f} ({record['source']}), "
+               f"separated by {post['instances']} -> {out}")
 
 
 def _scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,

@@ -160,10 +160,11 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=True)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows (dicts with the same keys) -> a CSV file with a header, written atomically."""
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """Rows (dicts with the same keys) -> a CSV file with a header (`fields`, else the first row's keys;
+    a header alone when there are no rows), written atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=fields or list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())

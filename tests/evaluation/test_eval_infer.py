@@ -42,7 +42,7 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     summary = evaluate(run_dir, records, "test", progress=False)
     out = run_dir / "eval_test"
     for name in ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png",
-                 "identity.json"):
+                 "identity.json", "nuclei.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     chosen = json.loads((run_dir / "postprocess.json").read_text())
     assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
@@ -54,6 +54,12 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     splits = json.loads((records.parent / "splits.json").read_text())
     assert {r["patient"] for r in rows} == set(splits["test"]) == set(summary["patients"])
     assert all(r["op"] == "original" for r in rows) and len(rows) == summary["images"]
+    nuclei = list(csv.DictReader(open(out / "nuclei.csv")))  # the objects are exactly the nuclei scored
+    assert len(nuclei) == sum(int(r["n_pred"]) for r in rows)
+    for r in rows:
+        labels = cv2.imread(str(out / "labels" / f"{r['key']}.png"), cv2.IMREAD_UNCHANGED)
+        assert len(np.unique(labels)) - 1 == int(r["n_pred"])
+        assert len(json.loads((out / "geojson" / f"{r['key']}.geojson").read_text())["features"]) == int(r["n_pred"])
     for k in ("dice", "aji", "f1"):  # the summary is the mean of the rows
         assert summary["mean_over_images"][k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
     old = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(out / "evaluation.csv"))}
@@ -225,6 +231,13 @@ def test_infer_any_size_and_format(run: tuple[Path, Path], tmp_path: Path) -> No
         over = cv2.imread(str(tmp_path / "out" / "overlays" / f"{name}.png"))
         assert mask.shape == prob.shape == shape and over.shape == (*shape, 3)
         assert set(np.unique(mask)) <= {0, 255}
+        labels = cv2.imread(str(tmp_path / "out" / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint16 and np.array_equal(labels > 0, mask > 0)  # the nuclei are the mask's
+        feats = json.loads((tmp_path / "out" / "geojson" / f"{name}.geojson").read_text())["features"]
+        assert len(feats) == len(np.unique(labels)) - 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "nuclei.csv")))
+    assert len(rows) == record["nuclei"] and {r["image"] for r in rows} <= {"wide.png", "small.jpg", "grey.tif",
+                                                                            "alpha.png"}
 
 
 def test_overlay_draws_contours_without_wrapping() -> None:

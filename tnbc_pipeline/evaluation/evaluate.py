@@ -9,6 +9,7 @@
                           evaluation.csv      the old system's format (loss, binary_accuracy) + dice, iou, aji, f1, pq
                           comparison.png      image | truth | prediction for the best and worst images by AJI
                           identity.json       model sha256, records index sha256, split, TTA, post-processing
+                          labels/, geojson/, nuclei.csv   the scored nuclei as objects (see inference/objects.py)
 
 A folder whose identity matches is reused (one info line); any difference -- another model, other
 records, another threshold, min-area or instance method -- scores again. The new folder is built beside
@@ -34,13 +35,15 @@ from tnbc_pipeline.data.records import index_sha256
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation import tables, tune
 from tnbc_pipeline.evaluation.metrics import image_metrics, truth_labels
+from tnbc_pipeline.inference.objects import MEASUREMENTS, save_objects
 from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.inference.predictor import RunModel
-from tnbc_pipeline.io import folder_lock, read_json, recover_dir, replace_dir, staging_dir, write_json
+from tnbc_pipeline.io import folder_lock, read_json, recover_dir, replace_dir, staging_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-EVAL_FILES = ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png", identity.FILE)
+EVAL_FILES = ("per_image.csv", "per_patient.csv", "summary.json", "evaluation.csv", "comparison.png", identity.FILE,
+              "labels", "geojson", "nuclei.csv")
 
 
 def _foreign(name: str) -> bool:
@@ -78,11 +81,16 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
         if identity.matches(out, wanted) and (out / "summary.json").is_file():
             log.info("%s: already scored with these settings (identity %s); reusing it", out, wanted.digest[:12])
             return read_json(out / "summary.json")
-        rows, shown = [], []
+        staging = staging_dir(out)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        rows, shown, nuclei = [], [], []
         for image, truth, key, patient, op in tqdm(list(tune.examples(records, split, all_ops)),
                                                    desc=f"eval {split}", disable=not progress):
             probs = run.predict(image)
             labels = segment(probs, run.channels, post)
+            nuclei += save_objects(staging, f"{key}.png", labels, np.round(image * 255).astype(np.uint8),
+                                   probs[..., MASK_CHANNEL])
             m = image_metrics(truth_labels(truth), labels)
             rows.append({"key": key, "patient": patient, "op": op,
                          **{k: round(float(m[k]), 5) for k in tables.METRICS if k != "bce"},
@@ -91,10 +99,8 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
             shown.append((m["aji"], key, image, truth, labels > 0))
         if not rows:
             raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
-        staging = staging_dir(out)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         means, per_patient = tables.write_tables(staging, rows)
+        write_csv(staging / "nuclei.csv", nuclei, fields=["image", "id", *MEASUREMENTS])
         shown.sort(key=lambda s: s[0])
         picks = shown[-3:][::-1] + [s for s in shown[:3] if s not in shown[-3:]]
         image_grid([[img, truth, pred] for _, _, img, truth, pred in picks], ["image", "truth", "prediction"],

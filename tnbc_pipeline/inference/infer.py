@@ -3,6 +3,9 @@
     OUT/masks/NAME.png           binary mask, values {0, 255}
     OUT/probabilities/NAME.png   nucleus probability x 255
     OUT/overlays/NAME.png        the image with each nucleus' outline drawn in green (no uint8 wrap-around)
+    OUT/labels/NAME.png          uint16 instance labels (0 = background, 1..n): exactly the nuclei scored
+    OUT/geojson/NAME.geojson     one Polygon feature per nucleus, for QuPath's "Import objects" (objects.py)
+    OUT/nuclei.csv               one row per nucleus: image, id, centroid, area, perimeter, shape, intensities
     OUT/postprocess.json         the post-processing used and where it came from (saved choice, defaults, flags)
     OUT/identity.json            what made the folder: the model's sha256, tta, the post-processing, the images
 
@@ -17,6 +20,7 @@ with (path, RGB image, int32 labels), and the evaluation wing's scorer collects 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,11 @@ from tqdm import tqdm
 from tnbc_pipeline import identity
 from tnbc_pipeline.config import MASK_CHANNEL, to_dict
 from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.inference.objects import MEASUREMENTS, save_objects
 from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.inference.predictor import RunModel
 from tnbc_pipeline.io import (MAX_PIXELS, atomic_write_bytes, encode_png, png_header, read_regular, sha256_bytes,
-                              write_json)
+                              write_csv, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +110,24 @@ def output_name(path: Path) -> str:
 
 
 def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | None = None, tta: bool = False,
-          on_image: OnImage | None = None, progress: bool = True) -> dict[str, Any]:
+          on_image: OnImage | None = None, progress: bool = True, mpp: float | None = None) -> dict[str, Any]:
     """Predict every image in `images` into `out` with the run's post-processing (`overrides`: fields of
-    PostProcess replaced by the caller); return the post-processing record written to OUT/postprocess.json."""
+    PostProcess replaced by the caller; `mpp`: microns per pixel, for areas in um^2); return the
+    post-processing record written to OUT/postprocess.json, with the nucleus count."""
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise TnbcError(f"--mpp must be a finite number > 0, got {mpp}")
     images, out = Path(images), Path(out)
     files = image_files(images)
     identity.claim(out, "infer")
     run = RunModel(run_dir, tta=tta)
     post, source = run.resolve(overrides or {})
-    made = identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta}, {"model": run.model_sha256})
+    made = identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta, "mpp": mpp},
+                             {"model": run.model_sha256})
     out.mkdir(parents=True, exist_ok=True)
     identity.write(out, made)  # the marker first: an interrupted run leaves a folder infer recognises
     for sub in ("masks", "probabilities", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    hashes = {}
+    hashes, nuclei = {}, []
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
         image = read_image(path)
         hashes[path.name] = sha256_bytes(read_regular(path))
@@ -129,9 +138,12 @@ def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | No
         prob = probs[..., MASK_CHANNEL]
         atomic_write_bytes(out / "probabilities" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
         atomic_write_bytes(out / "overlays" / name, encode_png(overlay(image, labels)))
+        nuclei += save_objects(out, path.name, labels, image, prob, mpp)
         if on_image is not None:
             on_image(path, image, labels)
-    record = {"postprocess": to_dict(post), "source": source, "model_sha256": run.model_sha256, "tta": tta}
+    write_csv(out / "nuclei.csv", nuclei, fields=["image", "id", *MEASUREMENTS])
+    record = {"postprocess": to_dict(post), "source": source, "model_sha256": run.model_sha256, "tta": tta,
+              "mpp": mpp, "nuclei": len(nuclei)}
     write_json(out / "postprocess.json", record)
     identity.write(out, identity.Identity("infer", made.settings, {**made.inputs, "images": identity.digest_of(hashes)}))
     log.info("%d image(s) -> %s (threshold %.2f, nuclei by %s)", len(files), out, post.threshold, post.instances)
