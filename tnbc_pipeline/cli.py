@@ -9,14 +9,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from tnbc_pipeline import __version__
-from tnbc_pipeline.config import (Compression, InstanceMethod, LossName, ModelName, PrecisionName, StrategyName,
+from tnbc_pipeline.config import (Compression, LossName, ModelName, PrecisionName, StrategyName,
                                   choices)
+from tnbc_pipeline.cli_options import alpha_sigma, check_folds, make_scoring, post_overrides, post_processing
 from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
@@ -99,6 +99,8 @@ def synth(out: Path, seed: int, size: int) -> None:
               help="TOML file with [split] / [augment] tables (see configs/dataset.toml).")
 @click.option("--alpha", type=float, multiple=True, help="Elastic alpha; repeat for several (replaces config).")
 @click.option("--sigma", type=float, multiple=True, help="Elastic sigma; repeat for several (replaces config).")
+@click.option("--stain", type=float, multiple=True,
+              help="HED stain jitter strength of one offline `stain` variant; repeat for several (replaces config).")
 @click.option("--seed", type=int, help="Augmentation seed.")
 @click.option("--split-seed", type=int, help="Seed of the patient assignment.")
 @click.option("--folds", type=int, help="Grouped k-fold by patient: number of folds.")
@@ -108,13 +110,13 @@ def synth(out: Path, seed: int, size: int) -> None:
 @click.option("--force", is_flag=True, help="Re-render every item even if unchanged.")
 @click.pass_obj
 def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tuple[float, ...],
-            sigma: tuple[float, ...], seed: int | None, split_seed: int | None, folds: int | None,
+            sigma: tuple[float, ...], stain: tuple[float, ...], seed: int | None, split_seed: int | None, folds: int | None,
             fold: int | None, mask_threshold: int | None, workers: int | None, force: bool) -> None:
     """Split the release by patient, augment inside each split, write PNG pairs + manifest."""
     from tnbc_pipeline.config import DatasetConfig, load_config
     from tnbc_pipeline.data.dataset import build_dataset
 
-    flags = {"augment.alpha": alpha, "augment.sigma": sigma, "seed": seed, "split.seed": split_seed,
+    flags = {"augment.alpha": alpha, "augment.sigma": sigma, "augment.stain": stain, "seed": seed, "split.seed": split_seed,
              "split.folds": folds, "split.fold": fold, "mask_threshold": mask_threshold}
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
     cfg = load_config(DatasetConfig, config_path, overrides)
@@ -177,6 +179,7 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)), help="Model to build.")
 @click.option("--interior", type=click.IntRange(0, 16),
               help="Add the interior channel (mask eroded by this many px) that splits touching nuclei; 0: off.")
+@click.option("--stain-jitter", type=float, help="HED stain jitter sigma of every training crop (0: off).")
 @click.option("--epochs", type=int)
 @click.option("--steps-per-epoch", type=int)
 @click.option("--batch-size", type=int, help="Global batch size.")
@@ -191,14 +194,14 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
 @click.pass_obj
 def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | None, model_name: str | None,
-          interior: int | None, epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
+          interior: int | None, stain_jitter: float | None, epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
           lr: float | None, loss: str | None, seed: int | None, strategy: str | None, precision: str | None,
           jit: bool | None, skip_bad_shards: bool, force: bool) -> None:
     """Train a U-Net on the shards into a run folder (resumes an interrupted run)."""
     from tnbc_pipeline.config import load_train_config
     from tnbc_pipeline.model.train import train as run_training
 
-    flags = {"model.name": model_name, "model.interior": interior, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+    flags = {"model.name": model_name, "model.interior": interior, "stain_jitter": stain_jitter, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
              "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
              "strategy": strategy, "precision": precision, "jit": jit}
     cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})
@@ -209,50 +212,11 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
                + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_")))
 
 
-def _post_processing(command: Callable) -> Callable:
-    """The post-processing options eval, infer, cv and study share; each given one overrides that field
-    of the run's saved post-processing (RUN/postprocess.json), the rest stay as saved (or chosen on valid)."""
-    options = [
-        click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                     help="Mask probability threshold [default: chosen on valid, saved as RUN/postprocess.json]."),
-        click.option("--min-area", type=click.IntRange(0, 10_000),
-                     help="Remove predicted objects under this many pixels [default: saved, else 30]."),
-        click.option("--instances", type=click.Choice(["auto", *choices(InstanceMethod)]),
-                     help="How touching predicted nuclei are separated [default: saved, else auto = the interior "
-                     "channel when the model has one, else components]."),
-        click.option("--core-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                     help="Interior probability threshold of a nucleus core [default: saved, else 0.5]."),
-        click.option("--split-touching", is_flag=True,
-                     help="Alias of --instances watershed (kept from earlier versions)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _overrides(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-               split_touching: bool) -> dict[str, Any]:
-    """The PostProcess fields the user gave, by name."""
-    if split_touching:
-        if instances not in (None, "watershed"):
-            raise TnbcError(f"--split-touching is --instances watershed; it contradicts --instances {instances}")
-        instances = "watershed"
-    given = {"threshold": threshold, "min_area": min_area, "instances": None if instances == "auto" else instances,
-             "core_threshold": core_threshold}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _check_folds(only: tuple[int, ...], folds: int) -> None:
-    for i in only:
-        if not 0 <= i < folds:
-            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
-
-
 @main.command("eval")
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@_post_processing
+@post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: RUN/eval_SPLIT].")
@@ -263,7 +227,7 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
-    overrides = _overrides(threshold, min_area, instances, core_threshold, split_touching)
+    overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
     summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, progress=obj["progress"])
     means = summary["mean_over_images"]
     post = summary["postprocess"]
@@ -279,7 +243,7 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images (any size).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--masks", type=click.Path(path_type=Path), help="Truth masks (same stems): adds metrics.csv + comparison.png.")
-@_post_processing
+@post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--mpp", type=float, help="Microns per pixel of the images: adds areas in um^2 to nuclei.csv.")
 @click.pass_obj
@@ -290,7 +254,7 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
     from tnbc_pipeline.evaluation.tables import MaskScorer
     from tnbc_pipeline.inference.infer import infer as run_infer
 
-    overrides = _overrides(threshold, min_area, instances, core_threshold, split_touching)
+    overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
     scorer = MaskScorer(masks) if masks is not None else None
     record = run_infer(run_dir, images, out, overrides, tta, on_image=scorer, progress=obj["progress"], mpp=mpp)
     if scorer is not None:
@@ -301,13 +265,6 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
                f"separated by {post['instances']} -> {out}")
 
 
-def _scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-             split_touching: bool, tta: bool):
-    from tnbc_pipeline.experiments.cv import Scoring
-
-    return Scoring(_overrides(threshold, min_area, instances, core_threshold, split_touching), tta)
-
-
 @main.command()
 @click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("cv/default"), show_default=True)
@@ -316,7 +273,7 @@ def _scoring(threshold: float | None, min_area: int | None, instances: str | Non
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
-@_post_processing
+@post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
 @click.option("--force", is_flag=True, help="Retrain folds whose run was made with other settings (else refused).")
@@ -329,8 +286,8 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
 
-    _check_folds(only, folds)
-    scoring = _scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
+    check_folds(only, folds)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
@@ -341,31 +298,18 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     click.echo(f"-> {out}")
 
 
-def _alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
-    out = []
-    for value in values:
-        try:
-            alpha, sigma = (float(v) for v in value.split(":"))
-        except ValueError:
-            raise click.BadParameter(f"'{value}' is not ALPHA:SIGMA (e.g. 110:8)") from None
-        if alpha <= 0 or sigma <= 0:
-            raise click.BadParameter(f"'{value}': alpha and sigma must be > 0")
-        out.append((alpha, sigma))
-    return tuple(out)
-
-
 @main.command()
 @click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("study/default"), show_default=True)
 @click.option("--folds", type=click.IntRange(2, 11), default=4, show_default=True, help="Patient folds.")
 @click.option("--fold", "only", type=int, multiple=True, help="Folds to run (repeatable; 0-based) [default: all].")
-@click.option("--elastic", type=str, multiple=True, callback=_alpha_sigma,
+@click.option("--elastic", type=str, multiple=True, callback=alpha_sigma,
               help="ALPHA:SIGMA of one elastic arm; repeat [default: 110:8 400:10 1300:8].")
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False),
               help="Dataset TOML: seed, split, PNG settings, and the 'full' arm's augmentation.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
-@_post_processing
+@post_processing
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
 @click.option("--force", is_flag=True, help="Retrain arms whose run was made with other settings (else refused).")
@@ -378,8 +322,8 @@ def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], el
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.study import DEFAULT_ELASTIC, augmentation_study
 
-    _check_folds(only, folds)
-    scoring = _scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
+    check_folds(only, folds)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,

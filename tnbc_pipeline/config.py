@@ -113,6 +113,7 @@ class AugmentConfig:
     rotations: tuple[float, ...] = tuple(float(a) for a in range(30, 360, 30))  # degrees; reflected borders
     distort: tuple[float, ...] = (0.01, 0.02, 0.03)  # smooth grid distortion: max shift / image size
     shrink: tuple[float, ...] = (0.7, 0.8, 0.9)  # zoom-out ratio about the centre; reflected borders
+    stain: tuple[float, ...] = ()  # HED stain jitter strength sigma, one `stain` variant each (data/stain.py)
     splits: tuple[str, ...] = ("train", "valid")  # splits that get variants; the others keep originals only
 
     def __post_init__(self) -> None:
@@ -132,10 +133,14 @@ class AugmentConfig:
         for value in self.shrink:
             if not 0.0 < value < 1.0:
                 raise TnbcError(f"augment.shrink ratios must be in (0, 1), got {value}")
+        for value in self.stain:
+            if not 0.0 < value < 1.0:
+                raise TnbcError(f"augment.stain strengths must be in (0, 1), got {value}")
         for split in self.splits:
             if split not in SPLITS:
                 raise TnbcError(f"augment.splits: unknown split '{split}' (expected {', '.join(SPLITS)})")
-        if self.splits and not (self.flips or self.rotations or self.alpha or self.distort or self.shrink):
+        if self.splits and not (self.flips or self.rotations or self.alpha or self.distort or self.shrink
+                                or self.stain):
             raise TnbcError(f"augment: splits {list(self.splits)} are to be augmented but the variant list is "
                             "empty (set augment.splits = [] to keep originals only)")
 
@@ -320,6 +325,7 @@ class TrainConfig:
     val_ops: tuple[str, ...] = ("original",)  # ops of the valid split validated each epoch (empty: all)
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
+    stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device
     precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs of compute capability >= 7, else float32
@@ -336,6 +342,8 @@ class TrainConfig:
             raise TnbcError(f"patch {self.patch} must divide by 2**(levels - 1) = {2 ** (self.model.levels - 1)}")
         _check_choice(self.optimizer, OptimizerName, "optimizer", "optimizer")
         _check_choice(self.loss, LossName, "loss", "loss")
+        if not 0.0 <= self.stain_jitter < 1.0:
+            raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
             raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
         _check_choice(self.strategy, StrategyName, "strategy", "strategy")

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from tnbc_pipeline.config import AugmentConfig
+from tnbc_pipeline.data.stain import stain_jitter
 from tnbc_pipeline.errors import TnbcError
 
 Params = tuple[tuple[str, float], ...]
@@ -33,7 +34,7 @@ def _fmt(value: float) -> str:
 class Variant:
     """One augmentation of a source image: an op name and its parameters."""
 
-    op: str  # original | hflip | vflip | rotate | elastic | distort | shrink
+    op: str  # original | hflip | vflip | rotate | elastic | distort | shrink | stain
     params: Params = ()
 
     @property
@@ -44,7 +45,7 @@ class Variant:
             return f"rot{_fmt(p['angle'])}"
         if self.op == "elastic":
             return f"elastic_a{_fmt(p['alpha'])}_s{_fmt(p['sigma'])}"
-        if self.op in ("distort", "shrink"):
+        if self.op in ("distort", "shrink", "stain"):
             return f"{self.op}_{_fmt(next(iter(p.values())))}"
         return self.op
 
@@ -63,6 +64,7 @@ def plan_variants(cfg: AugmentConfig, split: str) -> list[Variant]:
         plan += [Variant("elastic", (("alpha", a), ("sigma", s))) for a in cfg.alpha for s in cfg.sigma]
         plan += [Variant("distort", (("strength", s),)) for s in cfg.distort]
         plan += [Variant("shrink", (("ratio", r),)) for r in cfg.shrink]
+        plan += [Variant("stain", (("sigma", s),)) for s in cfg.stain]
     suffixes = [v.suffix for v in plan]
     dupes = sorted({s for s in suffixes if suffixes.count(s) > 1})
     if dupes:
@@ -136,7 +138,8 @@ def shrink(image: np.ndarray, mask: np.ndarray, ratio: float) -> tuple[np.ndarra
 
 
 def apply(variant: Variant, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Render one variant -> (image, mask, stats); stats holds the displacement of random fields (px)."""
+    """Render one variant -> (image, mask, stats); stats holds the displacement of random fields (px),
+    or the mean absolute RGB change of a stain jitter."""
     p = variant.params_dict
     stats: dict[str, float] = {}
     if variant.op == "original":
@@ -149,6 +152,10 @@ def apply(variant: Variant, image: np.ndarray, mask: np.ndarray, rng: np.random.
         out = rotate(image, mask, p["angle"])
     elif variant.op == "shrink":
         out = shrink(image, mask, p["ratio"])
+    elif variant.op == "stain":  # colour only: the mask is the original's, pixel for pixel
+        jittered = stain_jitter(image, rng, p["sigma"])
+        out = jittered, mask
+        stats = {"mean_abs_rgb_shift": float(np.abs(jittered.astype(np.int16) - image).mean())}
     elif variant.op in ("elastic", "distort"):
         field = elastic_field if variant.op == "elastic" else distort_field
         dx, dy = field(mask.shape, rng, **p)

@@ -324,6 +324,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
         ordered = [items[p] for p in plan]
         result = {**head, "elastic": manifest.setting_stats(ordered, "elastic"),
                   "distort": manifest.setting_stats(ordered, "distort"),
+                  "stain": manifest.setting_stats(ordered, "stain", ("mean_abs_rgb_shift",)),
                   "items": [it.to_json() for it in ordered]}
         write_json(staging / "splits.json", assignment)
         write_json(staging / "config.json", to_dict(cfg))

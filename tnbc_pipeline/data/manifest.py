@@ -171,14 +171,13 @@ def read_journal(path: Path) -> dict[str, Item]:
     return done
 
 
-def setting_stats(items: list[Item], op: str) -> list[dict[str, Any]]:
-    """Measured displacement per parameter setting of a random-field op: the mean over its items of
-    each item's mean and 99th-percentile displacement magnitude, in pixels."""
+def setting_stats(items: list[Item], op: str,
+                  keys: tuple[str, ...] = ("mean_disp_px", "p99_disp_px")) -> list[dict[str, Any]]:
+    """What an op measured, per parameter setting: the mean over its items of each stat in `keys` (the
+    displacement of random-field ops in pixels; the colour shift of `stain`)."""
     groups: dict[tuple, list[dict[str, float]]] = {}
     for it in items:
         if it.op == op:
             groups.setdefault(tuple(sorted(it.params.items())), []).append(it.stats)
-    return [{**dict(params), "items": len(st),
-             "mean_disp_px": round(float(np.mean([s["mean_disp_px"] for s in st])), 3),
-             "p99_disp_px": round(float(np.mean([s["p99_disp_px"] for s in st])), 3)}
+    return [{**dict(params), "items": len(st), **{k: round(float(np.mean([s[k] for s in st])), 3) for k in keys}}
             for params, st in sorted(groups.items())]

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from tnbc_pipeline.data.records import read_index, shard_problem
+from tnbc_pipeline.data.stain import stain_jitter_tf
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.tf_env import tf
 
@@ -110,9 +111,13 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
     return both[..., :3], both[..., 3:]
 
 
+STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops, flips and rot90s keep theirs
+
+
 def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
-                 ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0) -> tf.data.Dataset:
+                 ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0,
+                 stain_jitter: float = 0.0) -> tf.data.Dataset:
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
@@ -120,7 +125,8 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
     training=False: one pass of {'image', 'mask', 'key', 'patient', 'op'} whole images, batched by
     `batch_size` (images of one batch must share a size); `ops` keeps only items of those ops.
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
-    `interior` > 0 adds the interior target channel to the training masks (see `with_interior`).
+    `interior` > 0 adds the interior target channel to the training masks (see `with_interior`);
+    `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
     from tnbc_pipeline.data.schema import parse_example
@@ -136,7 +142,12 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
         base = tf.constant(seed, tf.int64)
 
         def crop(index: tf.Tensor, ex: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            return augment_pair(ex["image"], ex["mask"], tf.stack([base, index]), patch, flip_rot)
+            element_seed = tf.stack([base, index])
+            image, mask = augment_pair(ex["image"], ex["mask"], element_seed, patch, flip_rot)
+            if stain_jitter > 0:
+                stain_seed = tf.random.experimental.stateless_fold_in(element_seed, STAIN_STREAM)
+                image = stain_jitter_tf(image, stain_seed, stain_jitter)
+            return image, mask
 
         ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
         # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.

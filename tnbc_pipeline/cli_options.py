@@ -1,0 +1,73 @@
+"""Options and checks several `tnbc` commands share: post-processing flags, fold lists, elastic settings.
+
+Light imports only (click and the config's Literal types), so `tnbc --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tnbc_pipeline.config import InstanceMethod, choices
+from tnbc_pipeline.errors import TnbcError
+
+
+def post_processing(command: Callable) -> Callable:
+    """The post-processing options eval, infer, cv and study share; each given one overrides that field
+    of the run's saved post-processing (RUN/postprocess.json), the rest stay as saved (or chosen on valid)."""
+    options = [
+        click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Mask probability threshold [default: chosen on valid, saved as RUN/postprocess.json]."),
+        click.option("--min-area", type=click.IntRange(0, 10_000),
+                     help="Remove predicted objects under this many pixels [default: saved, else 30]."),
+        click.option("--instances", type=click.Choice(["auto", *choices(InstanceMethod)]),
+                     help="How touching predicted nuclei are separated [default: saved, else auto = the interior "
+                     "channel when the model has one, else components]."),
+        click.option("--core-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Interior probability threshold of a nucleus core [default: saved, else 0.5]."),
+        click.option("--split-touching", is_flag=True,
+                     help="Alias of --instances watershed (kept from earlier versions)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def post_overrides(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+               split_touching: bool) -> dict[str, Any]:
+    """The PostProcess fields the user gave, by name."""
+    if split_touching:
+        if instances not in (None, "watershed"):
+            raise TnbcError(f"--split-touching is --instances watershed; it contradicts --instances {instances}")
+        instances = "watershed"
+    given = {"threshold": threshold, "min_area": min_area, "instances": None if instances == "auto" else instances,
+             "core_threshold": core_threshold}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def check_folds(only: tuple[int, ...], folds: int) -> None:
+    for i in only:
+        if not 0 <= i < folds:
+            raise TnbcError(f"--fold {i}: must be in [0, {folds})")
+
+
+def make_scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+             split_touching: bool, tta: bool):
+    from tnbc_pipeline.experiments.cv import Scoring
+
+    return Scoring(post_overrides(threshold, min_area, instances, core_threshold, split_touching), tta)
+
+
+def alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    out = []
+    for value in values:
+        try:
+            alpha, sigma = (float(v) for v in value.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"'{value}' is not ALPHA:SIGMA (e.g. 110:8)") from None
+        if alpha <= 0 or sigma <= 0:
+            raise click.BadParameter(f"'{value}': alpha and sigma must be > 0")
+        out.append((alpha, sigma))
+    return tuple(out)
