@@ -18,6 +18,10 @@ def test_shipped_configs_load() -> None:
     assert quick.model.name == "unet" and quick.patch % 2 ** (quick.model.levels - 1) == 0
     tnbc = load_train_config(ROOT / "configs" / "tnbc.toml")
     assert tnbc.model.batch_norm and tnbc.min_lr > 0
+    import dataclasses
+
+    # the stain ablation differs from the default recipe in that one setting, so the comparison is fair
+    assert load_train_config(ROOT / "configs" / "tnbc_stain.toml") == dataclasses.replace(tnbc, stain_jitter=0.05)
 
 
 def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> None:
