@@ -27,6 +27,7 @@ import numpy as np
 
 from tnbc_pipeline import identity
 from tnbc_pipeline.config import DatasetConfig, RecordsConfig, TrainConfig, to_dict
+from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ def scored_fold(folder: Path, raw: Path, data_dir: Path, data_cfg: DatasetConfig
     if identity.matches(folder, wanted) and result_path.is_file():
         log.info("%s: already scored with these settings (identity %s); reusing it", folder, wanted.digest[:12])
         return read_json(result_path)
-    previous = read_json(result_path) if result_path.is_file() else {}
+    try:
+        previous = read_json(result_path) if result_path.is_file() else {}
+    except TnbcError:
+        previous = {}  # unreadable: made again below
     result = run_fold(raw, data_dir, folder / "run", data_cfg, train_cfg, scoring, workers, progress, force)
     if not result["dataset"]["changed"] and "dataset" in previous:
         result["dataset"] = previous["dataset"]  # keep the timing of the build that really made the data

@@ -167,8 +167,9 @@ def completed_epochs(backup_dir: Path) -> int:
     meta = state / "training_metadata.json"
     if not meta.is_file():
         return 0
-    epoch = read_json(meta).get("epoch", 0)
-    return epoch if isinstance(epoch, int) and epoch >= 0 else 0
+    data = read_json(meta)
+    epoch = data.get("epoch", 0) if isinstance(data, dict) else 0
+    return epoch if type(epoch) is int and epoch >= 0 else 0
 
 
 def trim_history(history_csv: Path, epochs: int) -> None:
