@@ -26,7 +26,9 @@ T = TypeVar("T")
 # from them (`choices(LossName)`), so a name cannot drift between the config and the command line.
 PngStrategy = Literal["rle", "default", "filtered", "huffman", "fixed"]
 Compression = Literal["none", "gzip"]
-ModelName = Literal["unet", "unet_seed"]
+ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "efficient_unet", "deeplabv3plus"]
+EncoderWeights = Literal["none", "imagenet"]
+FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
 StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
@@ -271,7 +273,7 @@ class RecordsConfig:
 class ModelConfig:
     """Which U-Net to build and its shape."""
 
-    name: ModelName = "unet"  # unet (the default: BatchNorm, 3x3) | unet_seed (the old system's model)
+    name: ModelName = "unet"  # the zoo: model/registry.py (unet is the default; unet_seed the old system's)
     levels: int = 5  # resolution levels; patch sides must divide by 2**(levels - 1)
     base_filters: int = 16  # filters at level 0, doubling per level
     kernel: int = 3  # kernel side (unet_seed: at level 0, shrinking by 2 per level to 3)
@@ -280,10 +282,12 @@ class ModelConfig:
     batch_norm: bool = True  # BatchNorm after every conv (unet_seed: the old 'normalization' flag)
     interior: int = 0  # > 0: a 2nd output channel learns each nucleus' core (mask eroded by this many px),
     #                    whose components split touching nuclei at evaluation; 0: the mask channel only
+    encoder_weights: EncoderWeights = "none"  # efficient_unet / deeplabv3plus: "imagenet" downloads Keras' weights
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model.")
         _check_choice(self.name, ModelName, "model.name", "model")
+        _check_choice(self.encoder_weights, EncoderWeights, "model.encoder_weights", "choice")
         if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
         if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:
@@ -296,6 +300,12 @@ class ModelConfig:
         """The output-channel map: channel i of the model's output holds `channels[i]` -- the nucleus mask
         first, then the interior when `interior` > 0. Losses, metrics, eval and infer all read it."""
         return CHANNEL_ORDER[: 2 if self.interior else 1]
+
+    @property
+    def stride(self) -> int:
+        """What every input side must divide by: 2 ** (levels - 1) for the U-Nets, the encoder's output
+        stride for the keras.applications models."""
+        return FIXED_STRIDE.get(self.name, 2 ** (self.levels - 1))
 
     @property
     def outputs(self) -> int:
@@ -338,8 +348,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise TnbcError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.patch % 2 ** (self.model.levels - 1):
-            raise TnbcError(f"patch {self.patch} must divide by 2**(levels - 1) = {2 ** (self.model.levels - 1)}")
+        if self.patch % self.model.stride:
+            raise TnbcError(f"patch {self.patch} must divide by model {self.model.name}'s stride {self.model.stride}")
         _check_choice(self.optimizer, OptimizerName, "optimizer", "optimizer")
         _check_choice(self.loss, LossName, "loss", "loss")
         if not 0.0 <= self.stain_jitter < 1.0:

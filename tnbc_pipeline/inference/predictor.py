@@ -81,7 +81,7 @@ class RunModel:
         self.model_sha256 = sha256_file(path)
         self.channels = self.config.model.channels
         self.patch = self.config.patch
-        self.multiple = 2 ** (self.config.model.levels - 1)
+        self.multiple = self.config.model.stride
         found = identity.read(self.run_dir)
         self.identity = found.digest if found else ""
 

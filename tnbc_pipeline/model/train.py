@@ -93,13 +93,10 @@ def precision_policy(name: str) -> str:
 
 
 def build_model(cfg: TrainConfig):
-    from tnbc_pipeline.model.unet import build_unet, build_unet_seed
+    """The model the config names, from the zoo (model/registry.py)."""
+    from tnbc_pipeline.model.registry import build
 
-    m = cfg.model
-    if m.name == "unet_seed":
-        return build_unet_seed(m.levels, m.base_filters, m.kernel, m.dilation, m.dropout, m.batch_norm,
-                               outputs=m.outputs)
-    return build_unet(m.levels, m.base_filters, m.kernel, m.batch_norm, m.dropout, outputs=m.outputs)
+    return build(cfg.model)
 
 
 def compile_model(model, cfg: TrainConfig) -> None:

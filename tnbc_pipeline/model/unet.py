@@ -32,9 +32,28 @@ def _block(x, filters: int, kernel: int, batch_norm: bool, dropout: float, name:
     return x
 
 
-def _assemble(levels: int, base_filters: int, block: Callable, name: str, outputs: int = 1) -> keras.Model:
-    """The U shape both models share: `block(x, filters, level, tag)` per level on the way down (max-pool
-    between levels) and up (2x2 transposed conv, skip concatenation), then a float32 1x1 sigmoid head."""
+def head(x, outputs: int):
+    """The output head every model shares: a float32 1x1 sigmoid convolution, one channel per output."""
+    return layers.Conv2D(outputs, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+
+
+def attention_gate(x, skip, filters: int, tag: str):
+    """Additive attention gate (Oktay et al. 2018): the decoder signal `x` and the skip, each projected by a
+    1x1 conv to `filters // 2`, summed, ReLU, 1x1 conv to one sigmoid coefficient per pixel that scales the
+    skip. `x` has the skip's resolution (it is gated after the upsampling)."""
+    inter = max(1, filters // 2)
+    theta = layers.Conv2D(inter, 1, name=f"{tag}_theta")(skip)
+    phi = layers.Conv2D(inter, 1, name=f"{tag}_phi")(x)
+    act = layers.Activation("relu", name=f"{tag}_relu")(layers.Add(name=f"{tag}_add")([theta, phi]))
+    alpha = layers.Conv2D(1, 1, activation="sigmoid", name=f"{tag}_alpha")(act)
+    return layers.Multiply(name=f"{tag}_gated")([skip, alpha])
+
+
+def _assemble(levels: int, base_filters: int, block: Callable, name: str, outputs: int = 1,
+              gate: Callable | None = None) -> keras.Model:
+    """The U shape the U-Nets share: `block(x, filters, level, tag)` per level on the way down (max-pool
+    between levels) and up (2x2 transposed conv, skip concatenation -- the skip passed through
+    `gate(x, skip, filters, tag)` first when given), then a float32 1x1 sigmoid head."""
     inputs = keras.Input((None, None, 3), name="image")
     x, skips = inputs, []
     for i in range(levels):
@@ -44,10 +63,10 @@ def _assemble(levels: int, base_filters: int, block: Callable, name: str, output
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     for i in reversed(range(levels - 1)):
         x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same", name=f"up{i}")(x)
-        x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
+        skip = gate(x, skips[i], base_filters * 2**i, f"gate{i}") if gate else skips[i]
+        x = layers.Concatenate(name=f"skip{i}")([x, skip])
         x = block(x, base_filters * 2**i, i, f"dec{i}")
-    head = layers.Conv2D(outputs, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    return keras.Model(inputs, head, name=name)
+    return keras.Model(inputs, head(x, outputs), name=name)
 
 
 def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_norm: bool = True,
@@ -56,6 +75,14 @@ def build_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_n
     return _assemble(levels, base_filters,
                      lambda x, filters, level, tag: _block(x, filters, kernel, batch_norm, dropout, tag), name,
                      outputs)
+
+
+def build_attention_unet(levels: int = 5, base_filters: int = 16, kernel: int = 3, batch_norm: bool = True,
+                         dropout: float = 0.0, name: str = "attention_unet", outputs: int = 1) -> keras.Model:
+    """The default U-Net with an additive attention gate on every skip connection (Oktay et al. 2018)."""
+    return _assemble(levels, base_filters,
+                     lambda x, filters, level, tag: _block(x, filters, kernel, batch_norm, dropout, tag), name,
+                     outputs, gate=attention_gate)
 
 
 def build_unet_seed(num_layers: int = 5, base_filters: int = 16, base_kernels: int = 3, dilation: int = 1,

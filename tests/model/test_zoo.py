@@ -1,0 +1,71 @@
+"""The model zoo: every registered model builds at two input sizes, ends in the project's head (mask +
+interior), learns on a fixed batch, survives save -> safe_mode load, and keeps its parameter count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tnbc_pipeline.config import ModelConfig, ModelName, TrainConfig, choices
+from tnbc_pipeline.errors import TnbcError
+
+# Small widths keep the suite fast; the encoder models' sizes are their encoders'.
+ZOO = {"unet": ModelConfig(levels=3, base_filters=4), "unet_seed": ModelConfig(name="unet_seed", levels=3, base_filters=4),
+       "attention_unet": ModelConfig(name="attention_unet", levels=3, base_filters=4),
+       "multires_unet": ModelConfig(name="multires_unet", levels=3, base_filters=4),
+       "efficient_unet": ModelConfig(name="efficient_unet", base_filters=4),
+       "deeplabv3plus": ModelConfig(name="deeplabv3plus")}
+# Pinned (with the interior head): a change of any architecture shows here. attention_unet is unet plus
+# its gates, checked below from their definition.
+PARAMS = {"unet": 7_714, "unet_seed": 7_794, "attention_unet": 7_814, "multires_unet": 6_983,
+          "efficient_unet": 4_971_305, "deeplabv3plus": 6_526_210}
+
+
+def test_attention_gates_add_exactly_their_weights() -> None:
+    """Per gate at width f: two 1x1 projections to f/2 (with bias) and a 1x1 to one coefficient."""
+    gates = sum(2 * (f * (f // 2) + f // 2) + (f // 2 + 1) for f in (4, 8))
+    assert PARAMS["attention_unet"] - PARAMS["unet"] == gates == 100
+
+
+def test_the_zoo_lists_every_configurable_model_once() -> None:
+    from tnbc_pipeline.model.registry import MODELS
+
+    assert list(MODELS) == list(choices(ModelName)) == list(ZOO)
+    assert TrainConfig(patch=64, model=ModelConfig(name="efficient_unet")).model.stride == 32
+    with pytest.raises(TnbcError, match="patch 48 must divide by model efficient_unet's stride 32"):
+        TrainConfig(patch=48, model=ModelConfig(name="efficient_unet"))
+    with pytest.raises(TnbcError, match="unknown choice 'random'"):
+        ModelConfig(encoder_weights="random")
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> None:
+    import dataclasses
+
+    from tnbc_pipeline.tf_env import tf  # noqa: F401 - Keras' TensorFlow backend
+
+    import keras
+
+    from tnbc_pipeline.model import losses
+    from tnbc_pipeline.model.registry import build
+
+    keras.utils.set_random_seed(0)
+    cfg = dataclasses.replace(ZOO[name], interior=1)
+    model = build(cfg)
+    assert model.count_params() == PARAMS[name]
+    rng = np.random.default_rng(0)
+    for side in (cfg.stride * 2, cfg.stride * 3):  # two sizes, non-square too
+        out = model.predict(rng.random((1, side, side + cfg.stride, 3), dtype=np.float32), verbose=0)
+        assert out.shape == (1, side, side + cfg.stride, 2) and 0 <= out.min() and out.max() <= 1
+    x = rng.random((2, 64, 64, 3), dtype=np.float32)
+    y = np.zeros((2, 64, 64, 2), np.float32)
+    y[:, 16:40, 20:44] = 1.0
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.bce_dice_loss)
+    # the training-mode loss on one fixed batch (BatchNorm's moving statistics barely move in 4 steps)
+    trace = [float(model.train_on_batch(x, y)) for _ in range(4)]
+    assert trace[-1] < trace[0], trace
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert np.allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

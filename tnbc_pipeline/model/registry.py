@@ -1,0 +1,76 @@
+"""The model zoo: one registry, name -> builder + what it is, so `--model NAME`, `[model] name`, the
+README and the tests list the same names (config.ModelName) and every model is built one way.
+
+Every builder is pure Keras 3 (keras layers and keras.ops only, no Lambda, so `safe_mode` loading works),
+takes RGB float32 in [0, 1] of any side divisible by its stride (`ModelConfig.stride`) and ends in the
+project's head: one sigmoid channel per entry of the output-channel map (mask, then interior).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from tnbc_pipeline.config import ModelConfig, ModelName, choices
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the zoo."""
+
+    build: Callable[[ModelConfig], keras.Model]  # ModelConfig -> an uncompiled model
+    about: str  # one line for the README and --help
+
+
+def _unet(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.unet import build_unet
+
+    return build_unet(m.levels, m.base_filters, m.kernel, m.batch_norm, m.dropout, outputs=m.outputs)
+
+
+def _unet_seed(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.unet import build_unet_seed
+
+    return build_unet_seed(m.levels, m.base_filters, m.kernel, m.dilation, m.dropout, m.batch_norm, outputs=m.outputs)
+
+
+def _attention_unet(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.unet import build_attention_unet
+
+    return build_attention_unet(m.levels, m.base_filters, m.kernel, m.batch_norm, m.dropout, outputs=m.outputs)
+
+
+def _multires_unet(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.multires import build_multires_unet
+
+    return build_multires_unet(m.levels, m.base_filters, outputs=m.outputs)
+
+
+def _efficient_unet(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.backbones import build_efficient_unet
+
+    return build_efficient_unet(m.base_filters, outputs=m.outputs, encoder_weights=m.encoder_weights)
+
+
+def _deeplabv3plus(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.backbones import build_deeplabv3plus
+
+    return build_deeplabv3plus(m.base_filters, outputs=m.outputs, encoder_weights=m.encoder_weights)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "unet": ModelSpec(_unet, "the default U-Net: 3x3 conv + BatchNorm + ReLU, transposed-conv upsampling"),
+    "unet_seed": ModelSpec(_unet_seed, "the old system's 'slightly flexible' U-Net, layer for layer"),
+    "attention_unet": ModelSpec(_attention_unet, "U-Net with additive attention gates on the skips (Oktay 2018)"),
+    "multires_unet": ModelSpec(_multires_unet, "MultiRes blocks + Res paths (Ibtehaz & Rahman 2020)"),
+    "efficient_unet": ModelSpec(_efficient_unet, "EfficientNetB0 encoder (keras.applications) + U-Net decoder"),
+    "deeplabv3plus": ModelSpec(_deeplabv3plus, "DeepLabV3+ (Chen 2018): ASPP + decoder on a MobileNetV2 encoder"),
+}
+assert tuple(MODELS) == choices(ModelName), "the registry and config.ModelName must list the same models"
+
+
+def build(m: ModelConfig) -> keras.Model:
+    """The model `m` names, uncompiled."""
+    return MODELS[m.name].build(m)
