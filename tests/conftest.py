@@ -1,9 +1,12 @@
-"""Shared fixtures: synthetic releases built by the package itself (tests never need the real data)."""
+"""Shared fixtures (synthetic releases built by the package itself: tests never need the real data) and
+helpers for command-line tests."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import shutil
 import zipfile
 from pathlib import Path
@@ -45,3 +48,34 @@ def tree_digest(folder: Path) -> dict[str, str]:
     """Relative path -> sha256 for every file under `folder` (hidden files included)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error(result, *needles: str) -> str:
+    """The single `Error:` line of a failed command (exit 1), containing every needle."""
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail instead of hanging (a FIFO read, say)."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def user_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("mine")
+    (path / "config.json").write_text('{"mine": true}')
+    return path
