@@ -146,8 +146,6 @@ def _check_paths(raw: Path, out: Path) -> None:
     raw_r, out_r = raw.resolve(), out.resolve()
     if raw_r == out_r or raw_r in out_r.parents or out_r in raw_r.parents:
         raise TnbcError(f"{out}: output folder overlaps the raw release {raw}; choose a separate folder")
-    if out.exists() and not out.is_dir():
-        raise TnbcError(f"{out}: exists and is not a folder")
 
 
 def _source_record(release: Release, case: Case, image_bytes: bytes, mask_bytes: bytes) -> dict[str, Any]:

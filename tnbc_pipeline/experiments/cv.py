@@ -27,6 +27,7 @@ import numpy as np
 
 from tnbc_pipeline import identity
 from tnbc_pipeline.config import DatasetConfig, RecordsConfig, TrainConfig, to_dict
+from tnbc_pipeline.data.raw import Release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
 
@@ -137,7 +138,7 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
     settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)),
                 "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
                 "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
-    fold_identity(Path(raw), data_cfg, train_cfg, scoring)  # a bad release is refused before anything is written
+    Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
     mark(out, "cv", settings)
     rows, made = [], []
     for fold in only if only is not None else range(folds):

@@ -44,9 +44,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OnImage = Callable[[Path, np.ndarray, np.ndarray], None]
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Any image file -> cv2's array, with PNG structure/CRC checks and the pixel limit first."""
-    data = read_regular(path)
+def _decode(path: Path, data: bytes | None = None) -> np.ndarray:
+    """Any image file (or its bytes, already read) -> cv2's array, with PNG structure/CRC checks and the
+    pixel limit first."""
+    data = read_regular(path) if data is None else data
     if not data:
         raise TnbcError(f"{path}: empty file")
     if path.suffix.lower() == ".png":
@@ -64,9 +65,10 @@ def _decode(path: Path) -> np.ndarray:
     return arr
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any image file -> RGB uint8 (H, W, 3): alpha dropped, grey repeated; a one-line TnbcError otherwise."""
-    arr = _decode(path)
+def read_image(path: Path, data: bytes | None = None) -> np.ndarray:
+    """Any image file (or its bytes) -> RGB uint8 (H, W, 3): alpha dropped, grey repeated; a one-line
+    TnbcError otherwise."""
+    arr = _decode(path, data)
     if arr.ndim == 2:
         return np.ascontiguousarray(np.dstack([arr] * 3))
     return np.ascontiguousarray(arr[:, :, 2::-1])
@@ -129,8 +131,9 @@ def infer(run_dir: Path, images: Path, out: Path, overrides: dict[str, Any] | No
         (out / sub).mkdir(parents=True, exist_ok=True)
     hashes, nuclei = {}, []
     for path in tqdm(files, desc="infer", unit="image", disable=not progress):
-        image = read_image(path)
-        hashes[path.name] = sha256_bytes(read_regular(path))
+        data = read_regular(path)  # read once: hashed for the identity, decoded for the model
+        hashes[path.name] = sha256_bytes(data)
+        image = read_image(path, data)
         probs = run.predict(image.astype(np.float32) / 255.0)
         labels = segment(probs, run.channels, post)
         name = output_name(path)
