@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tnbc_pipeline import __version__
-from tnbc_pipeline.config import (Compression, LossName, ModelName, PrecisionName, StrategyName,
+from tnbc_pipeline.config import (Compression, LossName, ModelName, PeerName, PrecisionName, StrategyName,
                                   choices)
 from tnbc_pipeline.cli_options import alpha_sigma, check_folds, make_scoring, post_overrides, post_processing
 from tnbc_pipeline.errors import TnbcError, one_line
@@ -277,11 +277,14 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
 @click.option("--force", is_flag=True, help="Retrain folds whose run was made with other settings (else refused).")
+@click.option("--peer", "peers", type=click.Choice(choices(PeerName)), multiple=True,
+              help="Also train and score this peer on each fold, same records and budget (repeatable): "
+                   "unet_plain (no interior channel, no stain jitter, threshold 0.5) or stardist (extra 'peers').")
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
        train_config: Path | None, epochs: int | None, threshold: float | None, min_area: int | None,
        instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool, workers: int | None,
-       force: bool) -> None:
+       force: bool, peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
@@ -291,10 +294,11 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
-                             progress=obj["progress"], force=force)
-    for k in REPORTED:
-        click.echo(f"{k:<10} {summary[k]['mean']:.4f} +- {summary[k]['sd']:.4f}  "
-                   + " ".join(f"{v:.3f}" for v in summary[k]["folds"]))
+                             progress=obj["progress"], force=force, peers=tuple(dict.fromkeys(peers)))
+    for name, s in [("ours", summary), *summary.get("peers", {}).items()]:
+        click.echo(name if peers else "", nl=bool(peers))
+        for k in REPORTED:
+            click.echo(f"{k:<10} {s[k]['mean']:.4f} +- {s[k]['sd']:.4f}  " + " ".join(f"{v:.3f}" for v in s[k]["folds"]))
     click.echo(f"-> {out}")
 
 

@@ -33,6 +33,7 @@ LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversk
 OptimizerName = Literal["adam", "adamw"]
 StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
 PrecisionName = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+PeerName = Literal["unet_plain", "stardist"]  # models `tnbc cv --peer` trains and scores beside ours
 InstanceMethod = Literal["components", "watershed", "interior"]
 Channel = Literal["mask", "interior"]
 

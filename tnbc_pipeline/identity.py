@@ -27,7 +27,7 @@ from tnbc_pipeline.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 FILE = "identity.json"
-COMMANDS = {"run": "train", "fold": "cv"}  # stages whose command has another name
+COMMANDS = {"run": "train", "fold": "cv", "peer": "cv --peer"}  # stages whose command has another name
 
 
 def canonical(obj: Any) -> Any:

@@ -17,15 +17,17 @@ METRICS = ("dice", "iou", "precision", "recall", "accuracy", "aji", "f1", "pq", 
 
 def write_tables(folder: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """per_image.csv, per_patient.csv and evaluation.csv from eval's rows; return (means over images,
-    per-patient rows)."""
+    per-patient rows). Rows carry every metric of METRICS but "bce", which only models with a mask
+    probability have (a peer's label images do not)."""
     write_csv(folder / "per_image.csv", rows)
     patients = sorted({r["patient"] for r in rows})
+    keys = [k for k in METRICS if k in rows[0]]
     per_patient = [{"patient": p, "images": sum(r["patient"] == p for r in rows),
-                    **{k: round(float(np.mean([r[k] for r in rows if r["patient"] == p])), 5) for k in METRICS}}
+                    **{k: round(float(np.mean([r[k] for r in rows if r["patient"] == p])), 5) for k in keys}}
                    for p in patients]
     write_csv(folder / "per_patient.csv", per_patient)
-    means = {k: round(float(np.mean([r[k] for r in rows])), 5) for k in METRICS}
-    write_csv(folder / "evaluation.csv", [{"metric": "loss", "value": means["bce"]},
+    means = {k: round(float(np.mean([r[k] for r in rows])), 5) for k in keys}
+    write_csv(folder / "evaluation.csv", [*([{"metric": "loss", "value": means["bce"]}] if "bce" in means else []),
                                           {"metric": "binary_accuracy", "value": means["accuracy"]},
                                           *({"metric": k, "value": means[k]} for k in ("dice", "iou", "aji", "f1", "pq"))])
     return means, per_patient

@@ -8,6 +8,8 @@
     OUT/cv_summary.json          {metric: {"mean": m, "sd": s, "folds": [...]}}, the settings, and per fold
                                  the identities of the fold, its run and its eval
     OUT/cv_metrics.png           a bar chart of the fold metrics with their mean
+    OUT/fold{i}/peer_NAME/       with `peers`: each peer trained and scored on the same fold (experiments/peers.py)
+    OUT/peers_folds.csv          with `peers`: one row per fold and model (ours first), every metric
 
 A fold whose identity matches is reused as it is (one info line). Otherwise each step is the ordinary
 stage, so a rerun resumes: an unchanged dataset and records are no-ops, an interrupted run resumes from
@@ -129,18 +131,20 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
                    only: list[int] | None = None, scoring: Scoring = Scoring(), workers: int | None = None,
-                   progress: bool = True, force: bool = False) -> dict[str, Any]:
+                   progress: bool = True, force: bool = False, peers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or resume) every fold (or `only` those), then write the fold table, summary and chart.
-    `force`: retrain a fold whose run was made with other settings instead of refusing it."""
+    `force`: retrain a fold whose run was made with other settings instead of refusing it. `peers`
+    (config.PeerName): also train and score these models on each fold, summarised under "peers"."""
+    from tnbc_pipeline.experiments.peers import peer_fold
     from tnbc_pipeline.report import bar_chart
 
     out = Path(out)
-    settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)),
+    settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)), "peers": list(peers),
                 "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
                 "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
     Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
     mark(out, "cv", settings)
-    rows, made = [], []
+    rows, made, peer_rows = [], [], []
     for fold in only if only is not None else range(folds):
         log.info("fold %d of %d", fold + 1, folds)
         folder = out / f"fold{fold}"
@@ -148,10 +152,18 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
                              scoring, workers, progress, force)
         rows.append(fold_row(fold, result))
         made.append(fold_identities(fold, result))
+        peer_rows.append({"model": "ours", **{k: rows[-1][k] for k in ("fold", "test_patients", "images", *REPORTED)}})
+        for name in peers:
+            peer = peer_fold(name, folder / "TNBC" / "tfrecords", folder, train_cfg, progress, force)
+            peer_rows.append({"model": name, "fold": fold, "test_patients": " ".join(peer["patients"]),
+                              "images": peer["images"], **{k: peer["mean_over_images"][k] for k in REPORTED}})
     write_csv(out / "cv_folds.csv", rows)
     summary: dict[str, Any] = summarise(rows)
     summary["settings"] = settings
     summary["identities"] = made
+    if peers:
+        write_csv(out / "peers_folds.csv", peer_rows, fields=["model", "fold", "test_patients", "images", *REPORTED])
+        summary["peers"] = {name: summarise([r for r in peer_rows if r["model"] == name]) for name in peers}
     write_json(out / "cv_summary.json", summary)
     bar_chart({k: summary[k]["folds"] for k in REPORTED}, [f"fold {r['fold']}" for r in rows], out / "cv_metrics.png")
     return summary
