@@ -16,7 +16,8 @@ import click
 from tnbc_pipeline import __version__
 from tnbc_pipeline.config import (Compression, LossName, ModelName, PeerName, PrecisionName, StrategyName,
                                   choices)
-from tnbc_pipeline.cli_options import alpha_sigma, check_folds, make_scoring, post_overrides, post_processing
+from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, make_scoring, post_overrides, post_processing,
+                                       tune_by_option)
 from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
@@ -217,23 +218,29 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @post_processing
+@tune_by_option
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations.")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: RUN/eval_SPLIT].")
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
                      min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
-                     tta: bool, all_ops: bool, out: Path | None) -> None:
+                     tune_by: str, tta: bool, all_ops: bool, out: Path | None) -> None:
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
     overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
-    summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, progress=obj["progress"])
+    summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, progress=obj["progress"], tune_by=tune_by)
     means = summary["mean_over_images"]
     post = summary["postprocess"]
+    def how(name: str) -> str:
+        return "given" if name in overrides else summary["postprocess_source"]
+
     click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
-               f"threshold {post['threshold']:.2f} ({summary['postprocess_source']}), min area {post['min_area']}, "
-               f"nuclei by {post['instances']}")
+               f"threshold {post['threshold']:.2f} ({how('threshold')}), min area {post['min_area']} "
+               f"({how('min_area')}), nuclei by {post['instances']}"
+               + (f" (core threshold {post['core_threshold']:.2f}, {how('core_threshold')})"
+                  if post["instances"] == "interior" else ""))
     click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))
     click.echo(f"-> {out or run_dir / ('eval_' + split)}")
 
@@ -274,6 +281,7 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
 @post_processing
+@tune_by_option
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
 @click.option("--force", is_flag=True, help="Retrain folds whose run was made with other settings (else refused).")
@@ -283,14 +291,14 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
        train_config: Path | None, epochs: int | None, threshold: float | None, min_area: int | None,
-       instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool, workers: int | None,
-       force: bool, peers: tuple[str, ...]) -> None:
+       instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str, tta: bool,
+       workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
 
     check_folds(only, folds)
-    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
@@ -314,20 +322,21 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
 @post_processing
+@tune_by_option
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
 @click.option("--force", is_flag=True, help="Retrain arms whose run was made with other settings (else refused).")
 @click.pass_obj
 def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], elastic: tuple[tuple[float, float], ...],
           dataset_config: Path | None, train_config: Path | None, epochs: int | None, threshold: float | None,
-          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool,
-          workers: int | None, force: bool) -> None:
+          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
+          tune_by: str, tta: bool, workers: int | None, force: bool) -> None:
     """Augmentation study: none / flips+rotations / + each elastic setting / + distortion and shrink."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.study import DEFAULT_ELASTIC, augmentation_study
 
     check_folds(only, folds)
-    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,

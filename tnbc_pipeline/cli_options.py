@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tnbc_pipeline.config import InstanceMethod, choices
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, InstanceMethod, TuneBy, choices
 from tnbc_pipeline.errors import TnbcError
 
 
@@ -35,6 +35,13 @@ def post_processing(command: Callable) -> Callable:
     return command
 
 
+def tune_by_option(command: Callable) -> Callable:
+    """--tune-by of the commands that choose post-processing on valid (eval, cv, study)."""
+    return click.option("--tune-by", type=click.Choice(choices(TuneBy)), default=DEFAULT_TUNE_BY, show_default=True,
+                        help="What the post-processing fields not given are chosen on valid to maximise "
+                             "(mean over the valid images).")(command)
+
+
 def post_overrides(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
                split_touching: bool) -> dict[str, Any]:
     """The PostProcess fields the user gave, by name."""
@@ -54,10 +61,10 @@ def check_folds(only: tuple[int, ...], folds: int) -> None:
 
 
 def make_scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-             split_touching: bool, tta: bool):
+                 split_touching: bool, tta: bool, tune_by: str):
     from tnbc_pipeline.experiments.cv import Scoring
 
-    return Scoring(post_overrides(threshold, min_area, instances, core_threshold, split_touching), tta)
+    return Scoring(post_overrides(threshold, min_area, instances, core_threshold, split_touching), tta, tune_by)
 
 
 def alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[float, float], ...]:

@@ -17,6 +17,7 @@ from tnbc_pipeline.data.dataset import build_dataset
 from tnbc_pipeline.data.records import build_records
 from tnbc_pipeline.data.synth import synth_case
 from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.evaluation import tune
 
 TINY = TrainConfig(epochs=1, steps_per_epoch=3, batch_size=4, patch=32, val_batch_size=4, epoch_infer=0,
                    shuffle_buffer=16, model=ModelConfig(levels=3, base_filters=4))
@@ -46,10 +47,13 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     chosen = json.loads((run_dir / "postprocess.json").read_text())
     assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
-    threshold = summary["postprocess"]["threshold"]
-    assert threshold == summary["threshold"] and len(chosen["scores"]) == 17  # 0.10, 0.15, ..., 0.90
-    assert chosen["scores"][f"{threshold:.2f}"] == max(chosen["scores"].values())
-    assert summary["instances"] == "components" and summary["min_area"] == 30  # no interior channel
+    threshold, min_area = summary["postprocess"]["threshold"], summary["postprocess"]["min_area"]
+    assert threshold == summary["threshold"] and min_area == summary["min_area"]
+    assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge"}  # no interior channel: no core threshold
+    assert list(chosen["scores"]["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95
+    assert chosen["scores"]["threshold"][f"{threshold:.2f}"] == max(chosen["scores"]["threshold"].values())
+    assert chosen["scores"]["min_area"][str(min_area)] == max(chosen["scores"]["min_area"].values())
+    assert chosen["criterion"] == "mean aji" and summary["instances"] == "components"
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     splits = json.loads((records.parent / "splits.json").read_text())
     assert {r["patient"] for r in rows} == set(splits["test"]) == set(summary["patients"])
@@ -148,12 +152,14 @@ def test_eval_results_know_what_made_them(run: tuple[Path, Path], tmp_path: Path
     stamp = (copy / "eval_test" / "summary.json").stat().st_mtime_ns
     assert evaluate(copy, records, "test", progress=False) == first
     assert (copy / "eval_test" / "summary.json").stat().st_mtime_ns == stamp  # reused, not rewritten
-    for overrides, key, value in (({"min_area": 0}, "min_area", 0), ({"threshold": 0.35}, "threshold", 0.35),
+    other_area, other_threshold = first["min_area"] + 7, 0.35 if first["threshold"] != 0.35 else 0.4
+    for overrides, key, value in (({"min_area": other_area}, "min_area", other_area),
+                                  ({"threshold": other_threshold}, "threshold", other_threshold),
                                   ({"instances": "watershed"}, "instances", "watershed")):
         summary = evaluate(copy, records, "test", overrides, progress=False)
         saved = json.loads((copy / "eval_test" / "summary.json").read_text())
         assert summary[key] == saved[key] == saved["postprocess"][key] == value and saved["identity"] != first["identity"]
-    assert json.loads((copy / "postprocess.json").read_text())["postprocess"]["min_area"] == 30  # flags: not saved
+    assert json.loads((copy / "postprocess.json").read_text())["postprocess"] == first["postprocess"]  # flags: not saved
     train(records, copy, dataclasses.replace(TINY, seed=9), force=True, progress=False)  # a new model
     assert not (copy / "postprocess.json").exists()
     again = evaluate(copy, records, "test", progress=False)

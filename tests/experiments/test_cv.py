@@ -57,13 +57,13 @@ def test_cv_never_reports_old_results_for_new_settings(release_root: Path, tmp_p
     with pytest.raises(TnbcError, match=r"fold1/run: made with other settings: config.epochs: 1 -> 2"):
         cross_validate(release_root, out, 4, DATA, longer, only=[1], workers=1, progress=False)
     # other scoring: scored again, not retrained
-    rescored = cross_validate(release_root, out, 4, DATA, TINY, only=[1], scoring=Scoring({"min_area": 0}),
+    rescored = cross_validate(release_root, out, 4, DATA, TINY, only=[1], scoring=Scoring({"min_area": 3}),
                               workers=1, progress=False)
     assert (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns == stamp
     assert rescored["identities"][0]["eval_identity"] != first["identities"][0]["eval_identity"]
     assert rescored["identities"][0]["run_identity"] == first["identities"][0]["run_identity"]
-    assert json.loads((out / "fold1" / "result.json").read_text())["min_area"] == 0
-    assert list(csv.DictReader(open(out / "cv_folds.csv")))[0]["min_area"] == "0"
+    assert json.loads((out / "fold1" / "result.json").read_text())["min_area"] == 3
+    assert list(csv.DictReader(open(out / "cv_folds.csv")))[0]["min_area"] == "3"
     # force: the fold is trained again with the new settings, and the summary says so
     again = cross_validate(release_root, out, 4, DATA, longer, only=[1], workers=1, progress=False, force=True)
     run_id = json.loads((out / "fold1" / "run" / "identity.json").read_text())

@@ -63,9 +63,10 @@ def eval_identity(run: RunModel, records_index: str, split: str, all_ops: bool, 
 
 def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[str, Any] | None = None,
              tta: bool = False, all_ops: bool = False, out: Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, tune_by: str = tune.DEFAULT_CRITERION) -> dict[str, Any]:
     """Score the run on `split` with its post-processing (`overrides`: PostProcess fields given by the
-    user); write `out` (default RUN/eval_{split}/, see the module docstring); return summary.json."""
+    user; the others chosen on valid to maximise `tune_by`, see tune.py); write `out` (default
+    RUN/eval_{split}/, see the module docstring); return summary.json."""
     from tnbc_pipeline.report import image_grid
 
     records = Path(records)
@@ -73,7 +74,7 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
     identity.claim(out, "eval")  # before any work: never score into a folder of the user's
     run = RunModel(run_dir, tta=tta)
     records_index = index_sha256(records)
-    post, source, _ = tune.resolve(run, records, records_index, overrides or {}, progress)
+    post, source, _ = tune.resolve(run, records, records_index, overrides or {}, tune_by, progress)
     wanted = eval_identity(run, records_index, split, all_ops, to_dict(post))
     with folder_lock(out):
         recover_dir(out, keep=_foreign)
@@ -106,7 +107,7 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
         image_grid([[img, truth, pred] for _, _, img, truth, pred in picks], ["image", "truth", "prediction"],
                    staging / "comparison.png", row_labels=[f"{key} AJI {a:.2f}" for a, key, *_ in picks])
         summary = {"split": split, "images": len(rows), "patients": sorted({r["patient"] for r in rows}),
-                   "postprocess": to_dict(post), "postprocess_source": source, "threshold": post.threshold,
+                   "postprocess": to_dict(post), "postprocess_source": source, "tune_by": tune_by, "threshold": post.threshold,
                    "instances": post.instances, "min_area": post.min_area, "tta": tta, "all_ops": all_ops,
                    "mean_over_images": means,
                    "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5)

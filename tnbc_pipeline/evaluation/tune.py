@@ -1,8 +1,13 @@
 """Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does).
 
-The threshold is the one of highest mean pixel Dice on the valid originals, over THRESHOLDS, for the
-other fields held fixed; the choice is bound to the model's sha256 and identified by everything it
-depends on (model, valid records, fixed fields, grid, TTA), so a changed input is chosen again.
+The fields the user did not fix -- the mask threshold, the interior core threshold (models with the
+interior channel) and the least object area -- are searched by coordinate ascent over SEARCH: each field
+in turn takes the value of its grid with the highest mean criterion (default AJI) over the valid
+originals, the others held, until a pass changes nothing (at most PASSES). The valid images are
+predicted once. A choice at the edge of its grid is said in one warning line and recorded (`at_edge`),
+so a grid that is too narrow shows. The choice is bound to the model's sha256 and identified by
+everything it depends on (model, valid records, fixed fields, grids, criterion, TTA), so a changed input
+is chosen again.
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import MASK_CHANNEL, PostProcess, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, PostProcess, TuneBy, choices, to_dict
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.evaluation.metrics import pixel_metrics
-from tnbc_pipeline.inference.postprocess import remove_small
+from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics, truth_labels
+from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.inference.predictor import ChosenPostProcess, RunModel
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))  # 0.2..0.8 was hit at both ends
-CRITERION = "mean pixel dice"
+THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05))  # 0.2..0.8 was hit at both ends
+SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable PostProcess field
+    "threshold": THRESHOLDS,
+    "core_threshold": tuple(round(float(t), 2) for t in np.arange(0.2, 0.81, 0.1)),  # interior models only
+    "min_area": (0, 10, 20, 30, 40, 60, 80, 100, 130, 160),  # the release's 1st percentile nucleus is 61 px
+}
+PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
+DEFAULT_CRITERION: TuneBy = DEFAULT_TUNE_BY
 
 
 def examples(records: Path, split: str, all_ops: bool):
@@ -38,48 +49,94 @@ def examples(records: Path, split: str, all_ops: bool):
                batch["key"].numpy()[0].decode(), batch["patient"].numpy()[0].decode(), batch["op"].numpy()[0].decode())
 
 
-def tuning_identity(run: RunModel, records_index: str, fixed: PostProcess) -> identity.Identity:
-    """What a choice of threshold depends on; its digest is stored with the choice."""
-    held = {k: v for k, v in to_dict(fixed).items() if k != "threshold"}
-    return identity.Identity("postprocess", {"fixed": held, "thresholds": THRESHOLDS, "criterion": CRITERION,
-                                             "split": "valid", "tta": run.tta},
+def searched(run: RunModel, fixed_fields: set[str]) -> list[str]:
+    """The fields chosen on valid: those of SEARCH the user did not fix (core_threshold: interior models)."""
+    return [f for f in SEARCH if f not in fixed_fields and (f != "core_threshold" or "interior" in run.channels)]
+
+
+def tuning_identity(run: RunModel, records_index: str, start: PostProcess, fields: list[str],
+                    criterion: str) -> identity.Identity:
+    """What a choice depends on; its digest is stored with the choice."""
+    held = {k: v for k, v in to_dict(start).items() if k not in fields}
+    return identity.Identity("postprocess", {"fixed": held, "search": {f: SEARCH[f] for f in fields},
+                                             "criterion": criterion, "split": "valid", "tta": run.tta},
                              {"model": run.model_sha256, "records_index": records_index})
 
 
-def choose_threshold(run: RunModel, records: Path, records_index: str, fixed: PostProcess,
-                     progress: bool = True) -> ChosenPostProcess:
-    """`fixed` with the threshold of highest mean pixel Dice on the valid originals."""
-    probs = [(run.predict(img)[..., MASK_CHANNEL], truth) for img, truth, *_ in
-             tqdm(list(examples(records, "valid", False)), desc="threshold", disable=not progress)]
-    if not probs:
-        raise TnbcError(f"{records}: the valid split has no original images to choose a threshold on")
-    scores = {t: float(np.mean([pixel_metrics(truth, remove_small(p > t, fixed.min_area))["dice"]
-                                for p, truth in probs])) for t in THRESHOLDS}
-    best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
-    return ChosenPostProcess(dataclasses.replace(fixed, threshold=best), run.model_sha256,
-                             tuning_identity(run, records_index, fixed).digest, "valid", CRITERION,
-                             {f"{t:.2f}": round(s, 4) for t, s in scores.items()})
+def score(post: PostProcess, cases: list[tuple[np.ndarray, np.ndarray]], channels: tuple[str, ...],
+          criterion: str) -> float:
+    """Mean `criterion` over (probabilities (H, W, C), truth labels (H, W)) cases segmented with `post`."""
+    if criterion == "dice":  # pixels only: no instance matching needed
+        return float(np.mean([pixel_metrics(truth > 0, segment(p, channels, post) > 0)["dice"] for p, truth in cases]))
+    return float(np.mean([image_metrics(truth, segment(p, channels, post))[criterion] for p, truth in cases]))
+
+
+def ascend(start: PostProcess, fields: list[str], cases: list[tuple[np.ndarray, np.ndarray]],
+           channels: tuple[str, ...], criterion: str) -> tuple[PostProcess, dict[str, dict[str, float]]]:
+    """Coordinate ascent from `start` over SEARCH[field] for `fields`: (the best PostProcess, the criterion
+    of every value of each field in the last pass). Ties keep the value closest to the current one."""
+    post, scores = start, {}
+    for _ in range(PASSES):
+        before = post
+        for f in fields:
+            tried = {v: score(dataclasses.replace(post, **{f: v}), cases, channels, criterion) for v in SEARCH[f]}
+            current = getattr(post, f)
+            best = max(tried, key=lambda v: (round(tried[v], 6), -abs(v - current)))
+            post = dataclasses.replace(post, **{f: best})
+            scores[f] = {f"{v:.2f}" if isinstance(v, float) else str(v): round(s, 4) for v, s in tried.items()}
+        if post == before:
+            break
+    return post, scores
+
+
+def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
+    """The fields chosen at the first or last value of their grid (min_area 0 means no removal: not an edge)."""
+    return [f for f in fields
+            if getattr(post, f) == SEARCH[f][-1] or (f != "min_area" and getattr(post, f) == SEARCH[f][0])]
+
+
+def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],
+           criterion: str = DEFAULT_CRITERION, progress: bool = True) -> ChosenPostProcess:
+    """`start` with `fields` chosen on the valid originals to maximise the mean `criterion`."""
+    cases = [(run.predict(img), truth_labels(truth)) for img, truth, *_ in
+             tqdm(list(examples(records, "valid", False)), desc="post-processing", disable=not progress)]
+    if not cases:
+        raise TnbcError(f"{records}: the valid split has no original images to choose the post-processing on")
+    post, scores = ascend(start, fields, cases, run.channels, criterion)
+    edges = at_edge(post, fields)
+    if edges:
+        log.warning("%s: %s chosen at the edge of the grid; the best value may lie beyond it", run.run_dir,
+                    ", ".join(f"{f}={getattr(post, f)}" for f in edges))
+    log.info("%s: chose %s on %d valid images (mean %s %.4f)", run.run_dir,
+             ", ".join(f"{f}={getattr(post, f)}" for f in fields), len(cases), criterion,
+             score(post, cases, run.channels, criterion))
+    digest = tuning_identity(run, records_index, start, fields, criterion).digest
+    return ChosenPostProcess(post, run.model_sha256, digest, "valid", f"mean {criterion}", {**scores, "at_edge": edges})
 
 
 def resolve(run: RunModel, records: Path, records_index: str, overrides: dict[str, Any],
-            progress: bool = True) -> tuple[PostProcess, str, dict[str, Any]]:
+            criterion: str = DEFAULT_CRITERION, progress: bool = True) -> tuple[PostProcess, str, dict[str, Any]]:
     """The post-processing eval uses, where it came from, and the scores of a choice made now.
 
-    The model's defaults with `overrides` applied; a given threshold is used as is, else the threshold is
-    chosen on valid -- reusing RUN/postprocess.json when it was chosen for exactly this (model, records,
-    fixed fields, TTA), and saving the choice there when no field was overridden (the run's default
-    decision, which infer uses)."""
+    The model's defaults with `overrides` applied; the fields not given are chosen on valid (`searched`)
+    -- reusing RUN/postprocess.json when it was chosen for exactly this (model, records, fixed fields,
+    grids, criterion, TTA), and saving the choice there when no field was overridden and the criterion is
+    the default (the run's default decision, which infer uses)."""
     from tnbc_pipeline.inference.predictor import apply_overrides
 
-    fixed = run.check(apply_overrides(run.default_postprocess(), overrides))
-    if "threshold" in overrides:
-        return fixed, "given", {}
-    wanted = tuning_identity(run, records_index, fixed).digest
+    if criterion not in choices(TuneBy):
+        raise TnbcError(f"unknown tuning criterion {criterion!r} (choose from {', '.join(choices(TuneBy))})")
+    start = run.check(apply_overrides(run.default_postprocess(), overrides))
+    fields = searched(run, set(overrides))
+    if not fields:
+        return start, "given", {}
+    wanted = tuning_identity(run, records_index, start, fields, criterion).digest
     saved = run.saved_postprocess()
     if saved is not None and saved.tuning == wanted:
-        log.info("%s: reusing the post-processing chosen on valid (threshold %.2f)", run.run_dir, saved.post.threshold)
+        log.info("%s: reusing the post-processing chosen on valid (%s)", run.run_dir,
+                 ", ".join(f"{f}={getattr(saved.post, f)}" for f in fields))
         return saved.post, "postprocess.json (chosen on valid)", saved.scores
-    chosen = choose_threshold(run, records, records_index, fixed, progress)
-    if not overrides:
+    chosen = choose(run, records, records_index, start, fields, criterion, progress)
+    if not overrides and criterion == DEFAULT_CRITERION:
         run.save_postprocess(chosen)
     return chosen.post, "chosen on valid", chosen.scores

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DatasetConfig, RecordsConfig, TrainConfig, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, DatasetConfig, RecordsConfig, TrainConfig, to_dict
 from tnbc_pipeline.data.raw import Release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
@@ -45,6 +45,10 @@ class Scoring:
     overrides: dict[str, Any] = field(default_factory=dict)  # PostProcess fields fixed by the user; the
     #                                                           threshold, unless given, is chosen on valid
     tta: bool = False  # average the 8 flips/rotations
+    tune_by: str = DEFAULT_TUNE_BY  # config.TuneBy: what the post-processing chosen on valid maximises
+
+    def to_json(self) -> dict[str, Any]:
+        return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by}
 
 
 def mark(out: Path, stage: str, settings: dict[str, Any]) -> None:
@@ -64,7 +68,7 @@ def fold_identity(raw: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig, sc
     from tnbc_pipeline.data.dataset import expected_identity
 
     return identity.Identity("fold", {"records": to_dict(RecordsConfig()), "train": to_dict(train_cfg),
-                                      "scoring": {"overrides": scoring.overrides, "tta": scoring.tta}},
+                                      "scoring": scoring.to_json()},
                              {"dataset": expected_identity(raw, data_cfg).digest})
 
 
@@ -81,7 +85,8 @@ def run_fold(raw: Path, data_dir: Path, run_dir: Path, data_cfg: DatasetConfig, 
     build_records(data_dir, None, RecordsConfig(), progress=progress)
     records = data_dir / "tfrecords"
     train(records, run_dir, train_cfg, progress=progress, replace_stale=force)
-    summary = evaluate(run_dir, records, "test", scoring.overrides, scoring.tta, progress=progress)
+    summary = evaluate(run_dir, records, "test", scoring.overrides, scoring.tta, progress=progress,
+                       tune_by=scoring.tune_by)
     return {**summary, "dataset": {"seconds": round(built.seconds, 2), "changed": built.changed,
                                    "rendered": sum(r.get("rendered", 0) for r in built.rows.values()),
                                    "items": sum(r.get("items", 0) for r in built.rows.values())}}
@@ -140,7 +145,7 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
 
     out = Path(out)
     settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)), "peers": list(peers),
-                "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
+                "scoring": scoring.to_json(),
                 "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
     Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
     mark(out, "cv", settings)

@@ -83,7 +83,7 @@ def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_c
     out = Path(out)
     plan = arms(data_cfg, elastic)
     settings = {"folds": folds, "evaluated_folds": list(only),
-                "scoring": {"overrides": scoring.overrides, "tta": scoring.tta},
+                "scoring": scoring.to_json(),
                 "train_config": to_dict(train_cfg), "arms": list(plan)}
     Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
     mark(out, "study", settings)

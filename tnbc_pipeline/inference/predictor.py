@@ -35,7 +35,7 @@ class ChosenPostProcess:
     tuning: str  # identity digest of the choice (model, valid records, fixed fields, grid, tta)
     chosen_on: str = "valid"  # the split it was chosen on
     criterion: str = "mean pixel dice"  # what the threshold maximised
-    scores: dict[str, float] = field(default_factory=dict)  # criterion per threshold tried
+    scores: dict[str, Any] = field(default_factory=dict)  # criterion per value tried, per field searched
 
     def to_json(self) -> dict[str, Any]:
         return {"postprocess": to_dict(self.post), "model_sha256": self.model_sha256, "tuning": self.tuning,

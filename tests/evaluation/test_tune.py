@@ -1,0 +1,47 @@
+"""Choosing post-processing on valid (tune.py): coordinate ascent with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.draw import disk
+
+from tnbc_pipeline.config import PostProcess
+from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, score
+
+CHANNELS = ("mask", "interior")
+
+
+def _case(nucleus_p: float, background_p: float, blob_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (64, 96, 2) and truth labels: two disks of radius 8 (~200 px) with mask probability
+    `nucleus_p` and cores of interior probability 0.9; a 3x5 false blob of `blob_p` away from them."""
+    truth = np.zeros((64, 96), np.int32)
+    probs = np.zeros((64, 96, 2), np.float32)
+    probs[..., 0] = background_p
+    for i, centre in enumerate(((20, 20), (40, 70)), start=1):
+        truth[disk(centre, 8, shape=truth.shape)] = i
+        probs[disk(centre, 4, shape=truth.shape) + (1,)] = 0.9
+    probs[truth > 0, 0] = nucleus_p
+    probs[55:58, 5:10, 0] = blob_p
+    return probs, truth
+
+
+def test_ascent_finds_the_known_best_threshold_and_area() -> None:
+    # nuclei at 0.33 and background at 0.22: only thresholds 0.25 and 0.30 are perfect (p > t); the
+    # nearer to the start (0.5) wins the tie. A 15 px blob at 0.9 needs min_area > 15: 20 is the least.
+    cases = [_case(0.33, 0.22, blob_p=0.9)]
+    start = PostProcess(threshold=0.5, min_area=0, instances="interior")
+    post, scores = ascend(start, ["threshold", "core_threshold", "min_area"], cases, CHANNELS, "aji")
+    assert (post.threshold, post.min_area) == (0.3, 20)
+    assert score(post, cases, CHANNELS, "aji") == 1.0 and score(post, cases, CHANNELS, "f1") == 1.0
+    assert scores["min_area"]["10"] < 1.0 == scores["min_area"]["20"]  # the blob counts as a false nucleus
+    assert post.core_threshold == 0.5  # every core threshold below 0.9 splits the same: the start is kept
+    assert list(scores["threshold"]) == [f"{t:.2f}" for t in SEARCH["threshold"]]
+    assert at_edge(post, ["threshold", "core_threshold", "min_area"]) == []
+
+
+def test_a_choice_at_the_edge_of_its_grid_is_reported() -> None:
+    cases = [_case(0.99, 0.93)]  # the background is above every threshold but the last (0.95)
+    post, _ = ascend(PostProcess(min_area=0), ["threshold"], cases, CHANNELS, "dice")
+    assert post.threshold == SEARCH["threshold"][-1] == 0.95
+    assert at_edge(post, ["threshold"]) == ["threshold"]
+    assert at_edge(PostProcess(min_area=0), ["min_area"]) == []  # min_area 0 is "no removal", not an edge
