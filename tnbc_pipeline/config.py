@@ -26,7 +26,8 @@ T = TypeVar("T")
 # from them (`choices(LossName)`), so a name cannot drift between the config and the command line.
 PngStrategy = Literal["rle", "default", "filtered", "huffman", "fixed"]
 Compression = Literal["none", "gzip"]
-ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "efficient_unet", "deeplabv3plus"]
+ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "unet3plus", "swin_unet", "efficient_unet",
+                    "deeplabv3plus"]
 EncoderWeights = Literal["none", "imagenet"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
@@ -307,7 +308,9 @@ class ModelConfig:
     @property
     def stride(self) -> int:
         """What every input side must divide by: 2 ** (levels - 1) for the U-Nets, the encoder's output
-        stride for the keras.applications models."""
+        stride for the keras.applications models, 4 * 2 ** (levels - 2) * 8 for swin_unet (256 at levels 5)."""
+        if self.name == "swin_unet":  # patch 4, then levels - 2 mergings, and windows of 8 at the coarsest map
+            return 4 * 2 ** (self.levels - 2) * 8
         return FIXED_STRIDE.get(self.name, 2 ** (self.levels - 1))
 
     @property

@@ -20,9 +20,14 @@ log = logging.getLogger(__name__)
 
 _LOSSES = {"bce_dice_loss": "bce_dice", "binary_crossentropy": "bce", "dice_loss": "dice", "iou_loss": "iou",
            "bce_iou_loss": "bce_iou", "jacard_loss": "iou", "focal_loss": "focal", "tversky_loss": "tversky"}
+# [model] model = "TensorflowXxx": the old API's class names -> the zoo's names (model/registry.py)
+_MODELS = {"TensorflowUNet": "unet_seed", "TensorflowSlightlyFlexibleUNet": "unet_seed",
+           "TensorflowAttentionUNet": "attention_unet", "TensorflowMultiResUNet": "multires_unet",
+           "TensorflowUNet3Plus": "unet3plus", "TensorflowSwinUNet": "swin_unet",
+           "TensorflowEfficientUNet": "efficient_unet", "TensorflowDeepLabV3Plus": "deeplabv3plus"}
 # Keys of the old tools that have no meaning here (paths of its own layout, display switches, ...).
 _IGNORED = {
-    "model": {"model", "generator", "image_channels", "num_classes", "input_normalize", "metrics", "show_summary"},
+    "model": {"generator", "image_channels", "num_classes", "input_normalize", "metrics", "show_summary"},
     "train": {"metrics", "model_dir", "eval_dir", "image_datapath", "mask_datapath", "create_backup",
               "save_weights_only", "epoch_change_infer", "epoch_change_infer_dir", "epoch_change_tiledinfer",
               "num_infer_images"},
@@ -73,6 +78,10 @@ def read_legacy_ini(path: Path) -> dict[str, Any]:
                 log.info("%s is not used by tnbc train (ignored)", where)
             elif (section, key) in (("model", "image_width"), ("model", "image_height")):
                 out["patch"] = _typed(value, int, where)
+            elif (section, key) == ("model", "model"):
+                if value not in _MODELS:
+                    raise TnbcError(f"{where}: no model here matches {value!r} (known: {', '.join(_MODELS)})")
+                out["model"]["name"] = _MODELS[value]
             elif (section, key) == ("model", "base_filters"):
                 out["model"]["base_filters"] = _typed(value, int, where)
             elif (section, key) == ("model", "base_kernels"):

@@ -42,6 +42,7 @@ def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> Non
     ("[model]\nnum_layers = \"seven\"", r"\[model\] num_layers: expected int"),
     ("[model]\nbase_kernels = (5,3)", "square pair"),
     ("[model]\nloss = \"hinge\"", "unknown loss 'hinge'"),
+    ("[model]\nmodel = \"TensorflowU2Net\"", "no model here matches 'TensorflowU2Net'"),
     ("[model]\nimage_width = 640\nimage_height = 512", "patches are square"),
     ("[model]\nnum_layers = 7\nimage_width = 100\nimage_height = 100", "must divide by"),
     ("no section header", "cannot read INI"),
@@ -53,6 +54,16 @@ def test_bad_ini_values_are_one_clear_error(tmp_path: Path, text: str, message: 
         load_train_config(path)
     assert str(path) in str(info.value)
     assert not Path("/tmp/tnbc-pwned").exists()
+
+
+@pytest.mark.parametrize("old, name", [("TensorflowUNet", "unet_seed"), ("TensorflowAttentionUNet", "attention_unet"),
+                                       ("TensorflowMultiResUNet", "multires_unet"), ("TensorflowUNet3Plus", "unet3plus"),
+                                       ("TensorflowSwinUNet", "swin_unet"), ("TensorflowEfficientUNet", "efficient_unet"),
+                                       ("TensorflowDeepLabV3Plus", "deeplabv3plus")])
+def test_the_old_model_names_map_onto_the_zoo(tmp_path: Path, old: str, name: str) -> None:
+    path = tmp_path / "train_eval_infer.config"
+    path.write_text(f'[model]\nmodel = "{old}"\nimage_width = 256\nimage_height = 256\n')
+    assert load_train_config(path).model.name == name
 
 
 def test_unknown_ini_keys_are_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

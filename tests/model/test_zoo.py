@@ -15,11 +15,14 @@ from tnbc_pipeline.errors import TnbcError
 ZOO = {"unet": ModelConfig(levels=3, base_filters=4), "unet_seed": ModelConfig(name="unet_seed", levels=3, base_filters=4),
        "attention_unet": ModelConfig(name="attention_unet", levels=3, base_filters=4),
        "multires_unet": ModelConfig(name="multires_unet", levels=3, base_filters=4),
+       "unet3plus": ModelConfig(name="unet3plus", levels=3, base_filters=4),
+       "swin_unet": ModelConfig(name="swin_unet", levels=3, base_filters=2),
        "efficient_unet": ModelConfig(name="efficient_unet", base_filters=4),
        "deeplabv3plus": ModelConfig(name="deeplabv3plus")}
 # Pinned (with the interior head): a change of any architecture shows here. attention_unet is unet plus
 # its gates, checked below from their definition.
-PARAMS = {"unet": 7_714, "unet_seed": 7_794, "attention_unet": 7_814, "multires_unet": 6_983,
+PARAMS = {"unet": 7_714, "unet_seed": 7_794, "attention_unet": 7_814, "multires_unet": 6_983, "unet3plus": 9_766,
+          "swin_unet": 33_098,  # at the defaults (levels 5, base 16): 27.2 M, Swin-UNet's published size
           "efficient_unet": 4_971_305, "deeplabv3plus": 6_526_210}
 
 
@@ -59,8 +62,9 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
     for side in (cfg.stride * 2, cfg.stride * 3):  # two sizes, non-square too
         out = model.predict(rng.random((1, side, side + cfg.stride, 3), dtype=np.float32), verbose=0)
         assert out.shape == (1, side, side + cfg.stride, 2) and 0 <= out.min() and out.max() <= 1
-    x = rng.random((2, 64, 64, 3), dtype=np.float32)
-    y = np.zeros((2, 64, 64, 2), np.float32)
+    side = max(64, cfg.stride)
+    x = rng.random((2, side, side, 3), dtype=np.float32)
+    y = np.zeros((2, side, side, 2), np.float32)
     y[:, 16:40, 20:44] = 1.0
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.bce_dice_loss)
     # the training-mode loss on one fixed batch (BatchNorm's moving statistics barely move in 4 steps)
@@ -69,3 +73,26 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert np.allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_swin_windows_attend_within_themselves_and_shifted_ones_never_across_the_seam() -> None:
+    """A plain block mixes the pixels of one 8x8 window only. A shifted block rolls the map by -4, so the
+    window holding (0, 0) gathers rows and columns 12..15 and 0..3 of the map; the mask must keep (0, 0)
+    to its own side of that seam: it sees (3, 3), never (15, 15), and nothing of other windows."""
+    from tnbc_pipeline.tf_env import tf  # noqa: F401 - Keras' TensorFlow backend
+
+    import keras
+
+    from tnbc_pipeline.model.swin import SwinBlock
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).random((1, 16, 16, 6), dtype=np.float32)
+
+    def moves(block, pixel) -> bool:  # does changing `pixel` change the output at (0, 0)?
+        y = x.copy()
+        y[(0, *pixel, 0)] += 1.0  # one channel: LayerNorm cancels a shift of all of them
+        return not np.allclose(np.asarray(block(x))[0, 0, 0], np.asarray(block(y))[0, 0, 0], atol=1e-6)
+
+    plain, shifted = SwinBlock(6, 3), SwinBlock(6, 3, shift=4)
+    assert moves(plain, (7, 7)) and not moves(plain, (8, 8))
+    assert moves(shifted, (3, 3)) and not moves(shifted, (15, 15)) and not moves(shifted, (7, 7))

@@ -48,6 +48,18 @@ def _multires_unet(m: ModelConfig) -> keras.Model:
     return build_multires_unet(m.levels, m.base_filters, outputs=m.outputs)
 
 
+def _unet3plus(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.unet3plus import build_unet3plus
+
+    return build_unet3plus(m.levels, m.base_filters, outputs=m.outputs)
+
+
+def _swin_unet(m: ModelConfig) -> keras.Model:
+    from tnbc_pipeline.model.swin import build_swin_unet
+
+    return build_swin_unet(m.levels, m.base_filters, outputs=m.outputs)
+
+
 def _efficient_unet(m: ModelConfig) -> keras.Model:
     from tnbc_pipeline.model.backbones import build_efficient_unet
 
@@ -65,6 +77,8 @@ MODELS: dict[str, ModelSpec] = {
     "unet_seed": ModelSpec(_unet_seed, "the old system's 'slightly flexible' U-Net, layer for layer"),
     "attention_unet": ModelSpec(_attention_unet, "U-Net with additive attention gates on the skips (Oktay 2018)"),
     "multires_unet": ModelSpec(_multires_unet, "MultiRes blocks + Res paths (Ibtehaz & Rahman 2020)"),
+    "unet3plus": ModelSpec(_unet3plus, "UNet 3+ (Huang 2020): every decoder stage aggregates all encoder/decoder scales"),
+    "swin_unet": ModelSpec(_swin_unet, "Swin-UNet (Cao 2021): shifted-window transformer blocks in a U-shape"),
     "efficient_unet": ModelSpec(_efficient_unet, "EfficientNetB0 encoder (keras.applications) + U-Net decoder"),
     "deeplabv3plus": ModelSpec(_deeplabv3plus, "DeepLabV3+ (Chen 2018): ASPP + decoder on a MobileNetV2 encoder"),
 }
