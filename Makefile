@@ -41,7 +41,7 @@ DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha 
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
+.PHONY: zoo help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -91,6 +91,12 @@ cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patien
 	$(TNBC) cv --raw $(RAW) --out $(CV_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
 		$(foreach f,$(FOLD),--fold $(f)) $(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) $(foreach p,$(PEERS),--peer $(p))
+
+MODELS ?= unet attention_unet multires_unet unet3plus swin_unet efficient_unet deeplabv3plus unet_seed
+zoo: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Each model of MODELS through the same patient folds and budget (cv/zoo_NAME), then one table: FOLD="0 1" TRAIN_CONFIG= EPOCHS=
+	$(foreach m,$(MODELS),$(TNBC) cv --raw $(RAW) --out cv/zoo_$(m) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
+		--model $(m) $(foreach f,$(or $(FOLD),0 1),--fold $(f)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TUNE_FLAGS) $(if $(FORCE),--force) &&) true
+	$(BIN)/python -m benchmarks.zoo_table $(foreach m,$(MODELS),cv/zoo_$(m))
 
 study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS= FORCE=1
 	$(TNBC) study --raw $(RAW) --out $(STUDY_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \

@@ -280,6 +280,8 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
+@click.option("--model", "model_name", type=click.Choice(choices(ModelName)),
+              help="Override the train config's model (the zoo; `make zoo` runs each).")
 @post_processing
 @tune_by_option
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations when scoring.")
@@ -290,9 +292,9 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
                    "unet_plain (no interior channel, no stain jitter, threshold 0.5) or stardist (extra 'peers').")
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
-       train_config: Path | None, epochs: int | None, threshold: float | None, min_area: int | None,
-       instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str, tta: bool,
-       workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
+       train_config: Path | None, epochs: int | None, model_name: str | None, threshold: float | None,
+       min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str,
+       tta: bool, workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
@@ -300,7 +302,8 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     check_folds(only, folds)
     scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
-    train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
+    flags = {"epochs": epochs, "model.name": model_name}
+    train_cfg = load_train_config(train_config, {k: v for k, v in flags.items() if v is not None})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
                              progress=obj["progress"], force=force, peers=tuple(dict.fromkeys(peers)))
     for name, s in [("ours", summary), *summary.get("peers", {}).items()]:

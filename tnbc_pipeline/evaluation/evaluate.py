@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,13 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         rows, shown, nuclei = [], [], []
+        predict_s, pixels = 0.0, 0
         for image, truth, key, patient, op in tqdm(list(tune.examples(records, split, all_ops)),
                                                    desc=f"eval {split}", disable=not progress):
+            start = time.perf_counter()
             probs = run.predict(image)
+            predict_s += time.perf_counter() - start
+            pixels += image.shape[0] * image.shape[1]
             labels = segment(probs, run.channels, post)
             nuclei += save_objects(staging, f"{key}.png", labels, np.round(image * 255).astype(np.uint8),
                                    probs[..., MASK_CHANNEL])
@@ -112,7 +117,9 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
                    "mean_over_images": means,
                    "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5)
                                           for k in tables.METRICS},
-                   "model_sha256": run.model_sha256, "run_identity": run.identity, "identity": wanted.digest}
+                   "model_sha256": run.model_sha256, "run_identity": run.identity, "identity": wanted.digest,
+                   # the model's forward passes only (tiles, TTA), not the post-processing or the metrics
+                   "predict_megapixels_per_s": round(pixels / 1e6 / max(predict_s, 1e-9), 3)}
         write_json(staging / "summary.json", summary)
         identity.write(staging, wanted)
         replace_dir(out, staging, keep=_foreign)

@@ -27,6 +27,7 @@ import importlib.util
 import io
 import logging
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -284,6 +285,8 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
             "train_images_per_s": round(len(fit.history.get("loss", [])) * cfg.steps_per_epoch * cfg.batch_size
                                         / max(seconds, 1e-9), 2),
             "precision": keras.mixed_precision.global_policy().name,
-            "replicas": strategy.num_replicas_in_sync}
+            "replicas": strategy.num_replicas_in_sync, "params": int(model.count_params()),
+            # the peak resident memory of the process that trained (ru_maxrss is in KiB on Linux)
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     write_json(run_dir / "done.json", done)
     return done

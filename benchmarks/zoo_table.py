@@ -1,0 +1,48 @@
+"""The zoo, side by side: one markdown table from `make zoo`'s cv folders (issue 14).
+
+    python -m benchmarks.zoo_table cv/zoo_unet cv/zoo_attention_unet ...
+
+Per model (one `tnbc cv --model NAME` folder each, same folds and budget): parameters, training images/s
+and peak RSS of the training process (each fold's done.json, mean over folds), Dice, IoU, AJI, F1@0.5, PQ
+as mean +- sd over the folds (cv_summary.json), the model's inference megapixels/s on the test images
+(eval_test/summary.json), and the best epoch of each fold out of those run: a best epoch at the last one
+says the model was still improving when the budget ended (under-trained; see its history.csv).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METRICS = ("dice", "iou", "aji", "f1", "pq")
+
+
+def model_row(folder: Path) -> str:
+    summary = json.loads((folder / "cv_summary.json").read_text())
+    folds = summary["settings"]["evaluated_folds"]
+    done = [json.loads((folder / f"fold{i}" / "run" / "done.json").read_text()) for i in folds]
+    scored = [json.loads((folder / f"fold{i}" / "run" / "eval_test" / "summary.json").read_text()) for i in folds]
+    name = summary["settings"]["train_config"]["model"]["name"]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    cells = [name, f"{done[0].get('params', 0):,}", f"{mean([d['train_images_per_s'] for d in done]):.1f}",
+             f"{mean([d.get('peak_rss_mb', float('nan')) for d in done]):.0f}",
+             *(f"{summary[k]['mean']:.3f} ± {summary[k]['sd']:.3f}" for k in METRICS),
+             f"{mean([s.get('predict_megapixels_per_s', float('nan')) for s in scored]):.2f}",
+             " ".join(f"{d['best_epoch']}/{d['epochs_run']}" for d in done), " ".join(map(str, folds))]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(folders: list[str]) -> None:
+    print("| model | params | train img/s | peak RSS MB | Dice | IoU | AJI | F1@0.5 | PQ | infer MP/s "
+          "| best epoch / run | folds |")
+    print("|" + "---|" * 12)
+    for folder in folders:
+        print(model_row(Path(folder)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
