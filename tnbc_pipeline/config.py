@@ -307,11 +307,10 @@ class ModelConfig:
 
     @property
     def stride(self) -> int:
-        """What every input side must divide by: 2 ** (levels - 1) for the U-Nets, the encoder's output
-        stride for the keras.applications models, 4 * 2 ** (levels - 2) * 8 for swin_unet (256 at levels 5)."""
-        if self.name == "swin_unet":  # patch 4, then levels - 2 mergings, and windows of 8 at the coarsest map
-            return 4 * 2 ** (self.levels - 2) * 8
-        return FIXED_STRIDE.get(self.name, 2 ** (self.levels - 1))
+        """What every input side must divide by: 2 ** (levels - 1) for the U-Nets, the encoder's output stride
+        for the keras.applications models, patch 4 x (levels - 2) mergings x windows of 8 for swin_unet."""
+        swin = 4 * 2 ** (self.levels - 2) * 8
+        return swin if self.name == "swin_unet" else FIXED_STRIDE.get(self.name, 2 ** (self.levels - 1))
 
     @property
     def outputs(self) -> int:
@@ -386,12 +385,6 @@ class PostProcess:
         if not 0 <= self.min_area <= 10_000 or not 1 <= self.min_core <= 10_000 or not 1 <= self.min_distance <= 256:
             raise TnbcError("postprocess: min_area must be 0..10000, min_core 1..10000, min_distance 1..256")
         _check_choice(self.instances, InstanceMethod, "postprocess.instances", "method")
-
-
-def default_postprocess(channels: tuple[str, ...]) -> PostProcess:
-    """The post-processing a model gets before any is chosen: its interior cores split touching nuclei
-    when it has that channel, else connected components."""
-    return PostProcess(instances="interior" if "interior" in channels else "components")
 
 
 def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import PostProcess, TrainConfig, default_postprocess, from_dict, to_dict
+from tnbc_pipeline.config import PostProcess, TrainConfig, from_dict, to_dict
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.inference.tiling import predict_image
 from tnbc_pipeline.io import read_json, sha256_file, write_json
@@ -92,7 +92,9 @@ class RunModel:
                              multiple=self.multiple, tta=self.tta)
 
     def default_postprocess(self) -> PostProcess:
-        return default_postprocess(self.channels)
+        """Before any is chosen: the interior cores split touching nuclei when the model has that channel,
+        else connected components."""
+        return PostProcess(instances="interior" if "interior" in self.channels else "components")
 
     def check(self, post: PostProcess) -> PostProcess:
         """`post`, refused in one line when it needs a channel this model lacks."""
