@@ -86,3 +86,13 @@ def test_stardist_peer_trains_chooses_thresholds_and_is_reused(records: Path, tm
     stamp = weights.stat().st_mtime_ns
     assert stardist_fold(records, folder, TINY, progress=False) == summary
     assert weights.stat().st_mtime_ns == stamp  # same identity: reused
+
+
+def test_without_the_peers_extra_stardist_is_one_line(records: Path, tmp_path: Path, monkeypatch) -> None:
+    from tnbc_pipeline.errors import TnbcError
+    from tnbc_pipeline.experiments import peers
+
+    monkeypatch.setattr(peers, "stardist_available", lambda: False)
+    with pytest.raises(TnbcError, match=r"--peer stardist needs the optional extra: pip install 'tnbc_pipeline\[peers\]'"):
+        peers.peer_fold("stardist", records, tmp_path, TINY, progress=False)
+    assert not (tmp_path / "peer_stardist").exists()  # nothing written
