@@ -28,7 +28,7 @@ SPLIT   ?= test
 THRESHOLD ?=
 INSTANCES ?=
 MIN_AREA ?=
-TTA     ?=
+TTA     ?= 1
 IMAGES  ?= $(OUT)/test/images
 MASKS   ?= $(OUT)/test/masks
 INFER_OUT ?= $(RUN)/infer
@@ -74,20 +74,20 @@ train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EP
 	$(TNBC) train --config $(TRAIN_CONFIG) --records $(OUT)/tfrecords --run-dir $(RUN) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
-POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(TTA),--tta) \
+POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(filter 1,$(TTA)),--tta,--no-tta) \
 	$(if $(INSTANCES),--instances $(INSTANCES)) $(if $(MIN_AREA),--min-area $(MIN_AREA))
 # what eval, cv and study choose the post-processing on valid by (aji, f1, pq or dice)
 TUNE_FLAGS = $(if $(TUNE_BY),--tune-by $(TUNE_BY))
 
-eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= TTA=1 INSTANCES= MIN_AREA= TUNE_BY=
+eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= TTA=0|1 INSTANCES= MIN_AREA= TUNE_BY=
 	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(POST_FLAGS) $(TUNE_FLAGS)
 
-infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): THRESHOLD= TTA=1 INSTANCES= MIN_AREA=
+infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): THRESHOLD= TTA=0|1 INSTANCES= MIN_AREA=
 	$(TNBC) infer --run-dir $(RUN) --images $(IMAGES) --out $(INFER_OUT) $(if $(MASKS),--masks $(MASKS)) $(POST_FLAGS)
 
 all: dataset records train eval infer ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
-cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= FOLD= TRAIN_CONFIG= EPOCHS= INSTANCES= MIN_AREA= TTA=1 FORCE=1 PEERS="unet_plain stardist"
+cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= FOLD= TRAIN_CONFIG= EPOCHS= INSTANCES= MIN_AREA= TTA=0|1 FORCE=1 PEERS="unet_plain stardist"
 	$(TNBC) cv --raw $(RAW) --out $(CV_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
 		$(foreach f,$(FOLD),--fold $(f)) $(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) $(foreach p,$(PEERS),--peer $(p))

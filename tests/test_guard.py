@@ -49,15 +49,16 @@ OPTIONS = {
     "records": ["--dataset", "--out", "--config", "--shard-mb", "--compression", "--verify", "--force"],
     "train": ["--config", "--records", "--run-dir", "--epochs", "--lr", "--loss", "--patch", "--seed", "--strategy",
               "--force"],
-    "eval": ["--run-dir", "--records", "--split", "--threshold", "--min-area", "--instances", "--out", "--tta"],
+    "eval": ["--run-dir", "--records", "--split", "--threshold", "--min-area", "--instances", "--out", "--tta",
+             "--no-tta", "--tune-by"],
     "infer": ["--run-dir", "--images", "--out", "--masks", "--threshold", "--min-area", "--instances"],
     "cv": ["--raw", "--out", "--folds", "--fold", "--epochs", "--train-config", "--dataset-config", "--min-area"],
     "study": ["--raw", "--out", "--folds", "--fold", "--elastic", "--train-config", "--epochs"],
 }
-FLAGS = {"--force", "--verify", "--tta"}
+FLAGS = {"--force", "--verify", "--tta", "--no-tta"}
 OUTPUTS = {"--out", "--run-dir", "--dataset"}  # where a command may write (records: DATASET/tfrecords)
 VALUES = ["nan", "inf", "-1", "0", "1", "3", "1e309", str(2**70), "x" * 3000, "", "auto", "watershed", "bce",
-          "110:8", "valid", "gzip", "0.5"]
+          "110:8", "valid", "gzip", "0.5", "aji"]
 PATHS = ["missing", "empty", "user", "file", "fifo", "link", "bad_toml", "latin1", "release", "junk_run",
          "junk_records"]
 
