@@ -310,7 +310,8 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
                              progress=obj["progress"], force=force, peers=tuple(dict.fromkeys(peers)))
     for name, s in [("ours", summary), *summary.get("peers", {}).items()]:
-        click.echo(name if peers else "", nl=bool(peers))
+        if peers:
+            click.echo(name)
         for k in REPORTED:
             click.echo(f"{k:<10} {s[k]['mean']:.4f} +- {s[k]['sd']:.4f}  " + " ".join(f"{v:.3f}" for v in s[k]["folds"]))
     click.echo(f"-> {out}")

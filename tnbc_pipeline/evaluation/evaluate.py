@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import MASK_CHANNEL, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, MASK_CHANNEL, to_dict
 from tnbc_pipeline.data.records import index_sha256
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation import tables, tune
@@ -64,7 +64,7 @@ def eval_identity(run: RunModel, records_index: str, split: str, all_ops: bool, 
 
 def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[str, Any] | None = None,
              tta: bool = False, all_ops: bool = False, out: Path | None = None,
-             progress: bool = True, tune_by: str = tune.DEFAULT_CRITERION) -> dict[str, Any]:
+             progress: bool = True, tune_by: str = DEFAULT_TUNE_BY) -> dict[str, Any]:
     """Score the run on `split` with its post-processing (`overrides`: PostProcess fields given by the
     user; the others chosen on valid to maximise `tune_by`, see tune.py); write `out` (default
     RUN/eval_{split}/, see the module docstring); return summary.json."""
@@ -98,14 +98,11 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
             nuclei += save_objects(staging, f"{key}.png", labels, np.round(image * 255).astype(np.uint8),
                                    probs[..., MASK_CHANNEL])
             m = image_metrics(truth_labels(truth), labels)
-            rows.append({"key": key, "patient": patient, "op": op,
-                         **{k: round(float(m[k]), 5) for k in tables.METRICS if k != "bce"},
-                         "bce": round(_bce(truth, probs[..., MASK_CHANNEL]), 5),
-                         **{k: m[k] for k in ("tp", "fp", "fn", "n_true", "n_pred")}})
+            rows.append(tables.image_row(key, patient, op, m, _bce(truth, probs[..., MASK_CHANNEL])))
             shown.append((m["aji"], key, image, truth, labels > 0))
         if not rows:
             raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
-        means, per_patient = tables.write_tables(staging, rows)
+        means, patient_means = tables.write_tables(staging, rows)
         write_csv(staging / "nuclei.csv", nuclei, fields=["image", "id", *MEASUREMENTS])
         shown.sort(key=lambda s: s[0])
         picks = shown[-3:][::-1] + [s for s in shown[:3] if s not in shown[-3:]]
@@ -115,8 +112,7 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
                    "postprocess": to_dict(post), "postprocess_source": source, "tune_by": tune_by, "threshold": post.threshold,
                    "instances": post.instances, "min_area": post.min_area, "tta": tta, "all_ops": all_ops,
                    "mean_over_images": means,
-                   "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5)
-                                          for k in tables.METRICS},
+                   "mean_over_patients": patient_means,
                    "model_sha256": run.model_sha256, "run_identity": run.identity, "identity": wanted.digest,
                    # the model's forward passes only (tiles, TTA), not the post-processing or the metrics
                    "predict_megapixels_per_s": round(pixels / 1e6 / max(predict_s, 1e-9), 3)}

@@ -15,10 +15,21 @@ from tnbc_pipeline.io import write_csv
 METRICS = ("dice", "iou", "precision", "recall", "accuracy", "aji", "f1", "pq", "dq", "sq", "bce")
 
 
-def write_tables(folder: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """per_image.csv, per_patient.csv and evaluation.csv from eval's rows; return (means over images,
-    per-patient rows). Rows carry every metric of METRICS but "bce", which only models with a mask
-    probability have (a peer's label images do not)."""
+COUNTS = ("tp", "fp", "fn", "n_true", "n_pred")
+
+
+def image_row(key: str, patient: str, op: str, m: dict[str, float], bce: float | None = None) -> dict[str, Any]:
+    """One per_image.csv row from `image_metrics`' result: every metric of METRICS (bce only for a model
+    with a mask probability; a peer's label images have none) and the object counts."""
+    row = {"key": key, "patient": patient, "op": op, **{k: round(float(m[k]), 5) for k in METRICS if k in m}}
+    if bce is not None:
+        row["bce"] = round(bce, 5)
+    return {**row, **{k: m[k] for k in COUNTS}}
+
+
+def write_tables(folder: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """per_image.csv, per_patient.csv and evaluation.csv from `image_row` rows; return the means over
+    images and the means over patients (the unit the split is made of)."""
     write_csv(folder / "per_image.csv", rows)
     patients = sorted({r["patient"] for r in rows})
     keys = [k for k in METRICS if k in rows[0]]
@@ -30,7 +41,7 @@ def write_tables(folder: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, fl
     write_csv(folder / "evaluation.csv", [*([{"metric": "loss", "value": means["bce"]}] if "bce" in means else []),
                                           {"metric": "binary_accuracy", "value": means["accuracy"]},
                                           *({"metric": k, "value": means[k]} for k in ("dice", "iou", "aji", "f1", "pq"))])
-    return means, per_patient
+    return means, {k: round(float(np.mean([p[k] for p in per_patient])), 5) for k in keys}
 
 
 class MaskScorer:

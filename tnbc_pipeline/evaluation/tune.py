@@ -36,7 +36,6 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     "min_area": (0, 10, 20, 30, 40, 60, 80, 100, 130, 160),  # the release's 1st percentile nucleus is 61 px
 }
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
-DEFAULT_CRITERION: TuneBy = DEFAULT_TUNE_BY
 
 
 def examples(records: Path, split: str, all_ops: bool):
@@ -96,7 +95,7 @@ def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
 
 
 def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],
-           criterion: str = DEFAULT_CRITERION, progress: bool = True) -> ChosenPostProcess:
+           criterion: str = DEFAULT_TUNE_BY, progress: bool = True) -> ChosenPostProcess:
     """`start` with `fields` chosen on the valid originals to maximise the mean `criterion`."""
     cases = [(run.predict(img), truth_labels(truth)) for img, truth, *_ in
              tqdm(list(examples(records, "valid", False)), desc="post-processing", disable=not progress)]
@@ -115,7 +114,7 @@ def choose(run: RunModel, records: Path, records_index: str, start: PostProcess,
 
 
 def resolve(run: RunModel, records: Path, records_index: str, overrides: dict[str, Any],
-            criterion: str = DEFAULT_CRITERION, progress: bool = True) -> tuple[PostProcess, str, dict[str, Any]]:
+            criterion: str = DEFAULT_TUNE_BY, progress: bool = True) -> tuple[PostProcess, str, dict[str, Any]]:
     """The post-processing eval uses, where it came from, and the scores of a choice made now.
 
     The model's defaults with `overrides` applied; the fields not given are chosen on valid (`searched`)
@@ -137,6 +136,6 @@ def resolve(run: RunModel, records: Path, records_index: str, overrides: dict[st
                  ", ".join(f"{f}={getattr(saved.post, f)}" for f in fields))
         return saved.post, "postprocess.json (chosen on valid)", saved.scores
     chosen = choose(run, records, records_index, start, fields, criterion, progress)
-    if not overrides and criterion == DEFAULT_CRITERION:
+    if not overrides and criterion == DEFAULT_TUNE_BY:
         run.save_postprocess(chosen)
     return chosen.post, "chosen on valid", chosen.scores

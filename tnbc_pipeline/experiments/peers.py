@@ -44,8 +44,6 @@ STARDIST_RAYS = 32  # StarDist's 2D default, and what its H&E example uses
 STARDIST_GRID = 2  # predict on a 2x subsampled grid: nuclei at 40x are >= 8 px across
 PERCENTILES = (1.0, 99.8)  # StarDist's per-image normalisation (csbdeep.utils.normalize)
 Predict = Callable[[np.ndarray], np.ndarray]  # float image (H, W, 3) in [0, 1] -> int instance labels (H, W)
-
-
 PLAIN_SCORING = {"threshold": 0.5, "instances": "components", "min_area": 0}  # the plain U-Net's post-processing
 
 
@@ -78,17 +76,13 @@ def score_split(records: Path, split: str, predict: Predict, out: Path, progress
     rows = []
     for image, truth, key, patient, op in tqdm(list(tune.examples(records, split, False)), desc=f"peer {split}",
                                                disable=not progress):
-        m = image_metrics(truth_labels(truth), predict(image))
-        rows.append({"key": key, "patient": patient, "op": op,
-                     **{k: round(float(m[k]), 5) for k in tables.METRICS if k in m},
-                     **{k: m[k] for k in ("tp", "fp", "fn", "n_true", "n_pred")}})
+        rows.append(tables.image_row(key, patient, op, image_metrics(truth_labels(truth), predict(image))))
     if not rows:
         raise TnbcError(f"{records}: split '{split}' has no images to score")
     Path(out).mkdir(parents=True, exist_ok=True)
-    means, per_patient = tables.write_tables(out, rows)
+    means, patient_means = tables.write_tables(out, rows)
     return {"split": split, "images": len(rows), "patients": sorted({r["patient"] for r in rows}),
-            "mean_over_images": means,
-            "mean_over_patients": {k: round(float(np.mean([p[k] for p in per_patient])), 5) for k in means}}
+            "mean_over_images": means, "mean_over_patients": patient_means}
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:

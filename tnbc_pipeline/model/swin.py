@@ -27,10 +27,6 @@ WINDOW = 8
 MASKED = -100.0  # added to the attention logits of pairs from different regions of a rolled window
 
 
-def swin_stride(levels: int) -> int:
-    return 4 * 2 ** (levels - 2) * WINDOW
-
-
 def _partition(x, w: int, channels: int):
     """(B, H, W, C) -> (B * H/w * W/w, w*w, C) windows."""
     shape = ops.shape(x)
@@ -167,7 +163,7 @@ class PatchExpand(layers.Layer):
 
 
 def build_swin_unet(levels: int = 5, base_filters: int = 16, outputs: int = 1) -> keras.Model:
-    """(B, H, W, 3) float32 in [0, 1] -> (B, H, W, outputs) sigmoid; H, W divisible by swin_stride(levels)."""
+    """(B, H, W, 3) float32 in [0, 1] -> (B, H, W, outputs) sigmoid; H, W divisible by ModelConfig.stride."""
     if levels < 2:
         raise ValueError("swin_unet needs levels >= 2")
     dim = 6 * base_filters
