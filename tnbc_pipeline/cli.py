@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from tnbc_pipeline import __version__
-from tnbc_pipeline.config import (Compression, LossName, ModelName, PeerName, PrecisionName, StrategyName,
-                                  choices)
+from tnbc_pipeline.config import (Compression, Layout, LossName, ModelName, PeerName, PrecisionName,
+                                  StrategyName, choices)
 from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, make_scoring, post_overrides, post_processing,
                                        tune_by_option)
 from tnbc_pipeline.errors import TnbcError, one_line
@@ -85,16 +85,20 @@ def fetch(obj: dict, out: Path, url: str | None, md5: str | None, sha256: str | 
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Random seed of the synthetic images.")
 @click.option("--size", type=click.IntRange(32, 4096), default=512, show_default=True, help="Image side in pixels.")
-def synth(out: Path, seed: int, size: int) -> None:
-    """Write a synthetic H&E-like release in the real layout (50 images, 11 patients)."""
-    from tnbc_pipeline.data.synth import write_release
+@click.option("--layout", type=click.Choice(["tnbc", "folders"]), default="tnbc", show_default=True,
+              help="tnbc: OUT/TNBC_NucleiSegmentation/Slide_PP + GT_PP; folders: OUT/images, OUT/masks (instance "
+                   "labels and binary) and OUT/groups.csv, as your own data would come.")
+def synth(out: Path, seed: int, size: int, layout: str) -> None:
+    """Write a synthetic H&E-like release (50 images, 11 patients) in the real layout or the own-data one."""
+    from tnbc_pipeline.data.synth import write_folders, write_release
 
-    click.echo(write_release(out, seed=seed, size=size))
+    click.echo((write_folders if layout == "folders" else write_release)(out, seed=seed, size=size))
 
 
 @main.command()
 @click.option("--raw", type=click.Path(path_type=Path), required=True,
-              help="The release: zip archive, extracted folder, or a folder holding Slide_PP/ and GT_PP/.")
+              help="The release: zip archive, extracted folder, or a folder holding Slide_PP/ and GT_PP/; "
+                   "or your own data (see --layout).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dataset/TNBC"), show_default=True)
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file with [split] / [augment] tables (see configs/dataset.toml).")
@@ -107,18 +111,21 @@ def synth(out: Path, seed: int, size: int) -> None:
 @click.option("--folds", type=int, help="Grouped k-fold by patient: number of folds.")
 @click.option("--fold", type=int, help="Grouped k-fold: which fold (0-based) is the test set.")
 @click.option("--mask-threshold", type=int, help="Accept non-binary masks: nucleus = value > threshold.")
+@click.option("--layout", type=click.Choice(choices(Layout)),
+              help="How RAW is laid out: tnbc (Slide_PP/ + GT_PP/), folders (images/ + masks/ [+ groups.csv]), "
+                   "imagemask (the old train|valid|test/images + masks) [default: auto, by its folders].")
 @click.option("--workers", type=click.IntRange(1, 256), help="Worker processes [default: all cores].")
 @click.option("--force", is_flag=True, help="Re-render every item even if unchanged.")
 @click.pass_obj
 def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tuple[float, ...],
             sigma: tuple[float, ...], stain: tuple[float, ...], seed: int | None, split_seed: int | None, folds: int | None,
-            fold: int | None, mask_threshold: int | None, workers: int | None, force: bool) -> None:
+            fold: int | None, mask_threshold: int | None, layout: str | None, workers: int | None, force: bool) -> None:
     """Split the release by patient, augment inside each split, write PNG pairs + manifest."""
     from tnbc_pipeline.config import DatasetConfig, load_config
     from tnbc_pipeline.data.dataset import build_dataset
 
     flags = {"augment.alpha": alpha, "augment.sigma": sigma, "augment.stain": stain, "seed": seed, "split.seed": split_seed,
-             "split.folds": folds, "split.fold": fold, "mask_threshold": mask_threshold}
+             "split.folds": folds, "split.fold": fold, "mask_threshold": mask_threshold, "layout": layout}
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
     cfg = load_config(DatasetConfig, config_path, overrides)
     if fold is not None and not cfg.split.folds:
@@ -275,7 +282,8 @@ def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None,
 
 
 @main.command()
-@click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
+@click.option("--raw", type=click.Path(path_type=Path), required=True,
+              help="The release (zip or folder), or your own data (layout: auto, or `layout` in --dataset-config).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("cv/default"), show_default=True)
 @click.option("--folds", type=click.IntRange(2, 11), default=4, show_default=True, help="Patient folds.")
 @click.option("--fold", "only", type=int, multiple=True, help="Run only these folds (repeatable; 0-based).")
@@ -318,7 +326,8 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
 
 
 @main.command()
-@click.option("--raw", type=click.Path(path_type=Path), required=True, help="The release (zip or folder).")
+@click.option("--raw", type=click.Path(path_type=Path), required=True,
+              help="The release (zip or folder), or your own data (layout: auto, or `layout` in --dataset-config).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("study/default"), show_default=True)
 @click.option("--folds", type=click.IntRange(2, 11), default=4, show_default=True, help="Patient folds.")
 @click.option("--fold", "only", type=int, multiple=True, help="Folds to run (repeatable; 0-based) [default: all].")

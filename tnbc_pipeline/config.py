@@ -26,6 +26,9 @@ T = TypeVar("T")
 # from them (`choices(LossName)`), so a name cannot drift between the config and the command line.
 PngStrategy = Literal["rle", "default", "filtered", "huffman", "fixed"]
 Compression = Literal["none", "gzip"]
+# How `tnbc dataset --raw DIR` reads DIR (data/layouts.py): the TNBC release, the user's images/ + masks/
+# folders, or the replaced system's ImageMask dataset; auto tells them apart by their folders.
+Layout = Literal["auto", "tnbc", "folders", "imagemask"]
 ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "unet3plus", "swin_unet", "efficient_unet",
                     "deeplabv3plus"]
 EncoderWeights = Literal["none", "imagenet"]
@@ -156,6 +159,7 @@ class DatasetConfig:
     """Everything that determines the bytes of `tnbc dataset`'s output (workers do not)."""
 
     seed: int = 0  # global augmentation seed; each variant's stream derives from (seed, key, op, params)
+    layout: Layout = "auto"  # how the raw folder is read: tnbc | folders | imagemask, or auto (by its folders)
     mask_threshold: int | None = None  # None: masks must be exactly {0,255}; else nucleus = value > threshold
     png_compression: int = 1  # zlib level 0-9 for written PNGs (lossless at any level)
     png_strategy: PngStrategy = "rle"  # zlib strategy for written PNGs
@@ -169,6 +173,7 @@ class DatasetConfig:
         if not 0 <= self.png_compression <= 9:
             raise TnbcError(f"png_compression must be in 0..9, got {self.png_compression}")
         _check_choice(self.png_strategy, PngStrategy, "png_strategy", "strategy")
+        _check_choice(self.layout, Layout, "layout", "layout")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -130,7 +130,7 @@ def decode_mask(data: bytes, name: str, threshold: int | None = None) -> np.ndar
 
 
 def encode_png(arr: np.ndarray, compression: int = 1, strategy: str = "rle") -> bytes:
-    """RGB (H, W, 3) or grey (H, W) uint8 -> PNG bytes (deterministic for a given cv2 build)."""
+    """RGB (H, W, 3) uint8, or grey (H, W) uint8 / uint16 (instance labels) -> PNG bytes (deterministic for a given cv2 build)."""
     if arr.ndim == 3:
         arr = arr[:, :, ::-1]
     params = [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy]]

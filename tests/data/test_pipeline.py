@@ -58,21 +58,36 @@ def test_training_batches_have_the_model_contract(records: Path) -> None:
 def test_interior_channel_is_the_mask_eroded_by_a_square(mask_records: Path) -> None:
     from scipy import ndimage
 
-    from tnbc_pipeline.data.pipeline import with_interior
+    from tnbc_pipeline.data.pipeline import training_target
     from tnbc_pipeline.tf_env import tf
 
-    mask = np.zeros((1, 24, 24, 1), np.float32)
-    mask[0, 2:10, 2:20] = 1  # two nuclei apart by a 1-px line, one touching the border
-    mask[0, 11:22, 0:12] = 1
-    both = with_interior(tf.constant(mask), 2).numpy()
-    assert both.shape == (1, 24, 24, 2) and np.array_equal(both[..., 0], mask[..., 0])
+    mask = np.zeros((1, 24, 24, 1), np.uint16)
+    mask[0, 2:10, 2:20] = 65535  # two nuclei apart by a 1-px line, one touching the border
+    mask[0, 11:22, 0:12] = 65535
+    both = training_target(tf.constant(mask), 2).numpy()
+    assert both.shape == (1, 24, 24, 2) and np.array_equal(both[..., 0], mask[..., 0] > 0)
     # Outside the image counts as unknown, not background: scipy's border_value=1.
     expected = ndimage.binary_erosion(mask[0, ..., 0], np.ones((5, 5)), border_value=1)
     assert np.array_equal(both[0, ..., 1], expected)
     assert ndimage.label(both[0, ..., 1])[1] == 2 and both[0, 9:12, 2:10, 1].max() == 0  # a 5-px margin now
-    assert with_interior(tf.constant(mask), 0).shape == (1, 24, 24, 1)
+    assert training_target(tf.constant(mask), 0).shape == (1, 24, 24, 1)
     for x, y in _take(mask_records, 2, interior=1):
         assert y.shape == (4, PATCH, PATCH, 2) and (y[..., 1] <= y[..., 0]).all() and y[..., 1].sum() > 0
+
+
+def test_interior_of_instance_labels_splits_nuclei_that_touch_without_a_gap() -> None:
+    from tnbc_pipeline.data.pipeline import training_target
+    from tnbc_pipeline.tf_env import tf
+
+    labels = np.zeros((1, 16, 16, 1), np.int32)
+    labels[0, 2:12, 2:8] = 1  # two nuclei sharing an edge at column 8: one blob to a binary mask
+    labels[0, 2:12, 8:14] = 2
+    both = training_target(tf.constant(labels), 1).numpy()[0]
+    assert np.array_equal(both[..., 0], labels[0, ..., 0] > 0)
+    expected = np.zeros((16, 16), bool)
+    expected[3:11, 3:7] = True  # each nucleus shrunk by one pixel on every side, its neighbour's side too
+    expected[3:11, 9:13] = True
+    assert np.array_equal(both[..., 1] > 0, expected)
 
 
 def test_the_stream_is_deterministic_for_a_seed(records: Path) -> None:
@@ -101,11 +116,11 @@ def test_augment_pair_covers_the_eight_symmetries() -> None:
     from tnbc_pipeline.tf_env import tf
 
     image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1).repeat(3, -1)
-    mask = (image[..., :1] % 2 * 255).astype(np.uint8)
+    mask = image[..., :1].astype(np.uint16) + 300  # instance labels past uint8: kept exactly, aligned
     outs = set()
     for i in range(200):
         img, msk = augment_pair(tf.constant(image), tf.constant(mask), tf.constant([0, i], tf.int64), 4)
-        assert np.array_equal(img.numpy()[..., :1] % 2 * 255, msk.numpy())
+        assert img.dtype == tf.uint8 and np.array_equal(img.numpy()[..., :1].astype(np.uint16) + 300, msk.numpy())
         outs.add(img.numpy()[..., 0].tobytes())
     assert len(outs) == 8
 
@@ -115,12 +130,12 @@ def test_augment_pair_without_flip_rot_only_crops() -> None:
     from tnbc_pipeline.tf_env import tf
 
     image = np.arange(64, dtype=np.uint8).reshape(8, 8, 1).repeat(3, -1)
-    mask = (image[..., :1] % 2 * 255).astype(np.uint8)
+    mask = (image[..., :1] % 2).astype(np.uint16) * 65535
     windows = {image[r:r + 4, c:c + 4, 0].tobytes() for r in range(5) for c in range(5)}
     outs = set()
     for i in range(100):
         img, msk = augment_pair(tf.constant(image), tf.constant(mask), tf.constant([0, i], tf.int64), 4, flip_rot=False)
-        assert np.array_equal(img.numpy()[..., :1] % 2 * 255, msk.numpy())
+        assert np.array_equal((img.numpy()[..., :1] % 2).astype(np.uint16) * 65535, msk.numpy())
         outs.add(img.numpy()[..., 0].tobytes())
     assert outs <= windows and len(outs) > 5  # random crops, never flipped or turned
 

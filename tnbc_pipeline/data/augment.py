@@ -166,6 +166,10 @@ def apply(variant: Variant, image: np.ndarray, mask: np.ndarray, rng: np.random.
                  "p99_disp_px": float(np.percentile(magnitude[::2, ::2], 99))}
     else:
         raise ValueError(f"unknown op {variant.op!r}")
-    if ((out[1] != 0) & (out[1] != 255)).any():  # cannot happen with nearest sampling; guard the invariant
+    # Cannot happen with nearest sampling; guard the invariant: a binary mask stays {0, 255}, instance
+    # labels (uint16, own data) keep their values (reflected borders may repeat a nucleus's label).
+    if mask.dtype == np.uint8 and ((out[1] != 0) & (out[1] != 255)).any():
         raise AssertionError(f"{variant.suffix}: mask left {{0, 255}}")
+    if mask.dtype != np.uint8 and not np.isin(out[1], np.unique(mask)).all():
+        raise AssertionError(f"{variant.suffix}: mask labels changed")
     return out[0], out[1], stats

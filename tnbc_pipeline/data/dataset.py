@@ -36,6 +36,7 @@ from tqdm import tqdm
 from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import SPLITS, DatasetConfig, config_hash, to_dict
 from tnbc_pipeline.data import augment, manifest, splits
+from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.data.raw import Case, Release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_or_copy, recover_dir,
@@ -171,7 +172,7 @@ def _validate_sources(release: Release, current: dict[str, Any] | None, cfg: Dat
 def expected_identity(raw: Path, cfg: DatasetConfig) -> identity.Identity:
     """The identity `build_dataset(raw, ..., cfg)` would record, from the release's bytes alone (nothing
     decoded or written): experiments compare it to decide whether a fold's results still hold."""
-    release = Release(Path(raw), cfg.mask_threshold)
+    release = open_release(raw, cfg.mask_threshold, cfg.layout)
     return dataset_identity(cfg, {c.key: _source_record(release, c, release.read_bytes(c.image),
                                                         release.read_bytes(c.mask)) for c in release.cases})
 
@@ -260,7 +261,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
     with folder_lock(out):
         recover_dir(out, keep=_foreign)
         identity.claim(out, "dataset")
-        release = Release(raw, cfg.mask_threshold)
+        release = open_release(raw, cfg.mask_threshold, cfg.layout)
         current_manifest = manifest.read_manifest(out)
         current, old_items = current_manifest if current_manifest else (None, [])
         sources = _validate_sources(release, current, cfg)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 SEP = "__"  # between the release key and the variant suffix in an item's name
-_KEY = re.compile(r"^[0-9]{2}_[0-9]+$")
+# A release key: TNBC's 'PP_K', or an own-data name made safe by layouts.safe_name (no '__', the separator).
+_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-]|_(?!_))*(?<![_.])$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -38,7 +39,7 @@ def item_name(key: str, suffix: str) -> str:
 def parse_name(name: str) -> tuple[str, str]:
     """`item_name`'s inverse: 'KEY__SUFFIX' -> (KEY, SUFFIX); a TnbcError for any other name."""
     key, sep, suffix = name.partition(SEP)
-    if not (sep and _KEY.match(key) and _SUFFIX.match(suffix) and ".." not in suffix):
+    if not (sep and _KEY.match(key) and ".." not in key and _SUFFIX.match(suffix) and ".." not in suffix):
         raise TnbcError(f"{name!r}: not a dataset item name (KEY__SUFFIX)")
     return key, suffix
 
@@ -53,8 +54,8 @@ class Item:
     """One image/mask pair of the dataset, as manifest.json lists it."""
 
     split: str  # train | valid | test
-    patient: str  # the patient 'PP' (the unit of the split)
-    source: str  # the release image 'PP_K' it was made from
+    patient: str  # the patient 'PP' (the unit of the split; own data: its group)
+    source: str  # the release image 'PP_K' it was made from (own data: its safe file stem)
     op: str  # the augmentation op ('original', 'flip_h', 'elastic', ...)
     params: dict[str, Any]  # the op's parameters
     image: str  # 'SPLIT/images/NAME.png', relative to the dataset folder
@@ -103,8 +104,8 @@ class Item:
         if data["image"] != item_path(data["split"], "image", key, suffix) or data["mask"] != item_path(
                 data["split"], "mask", key, suffix):
             raise bad("paths do not follow SPLIT/{images,masks}/KEY__SUFFIX.png")
-        if key != data["source"] or not key.startswith(data["patient"] + "_"):
-            raise bad("source or patient disagrees with the item's name")
+        if key != data["source"] or not data["patient"]:
+            raise bad("source disagrees with the item's name, or no patient")
         if not all(_HEX64.match(data[k]) for k in ("image_sha256", "mask_sha256")):
             raise bad("hashes must be sha256 hex digests")
         return cls(data["split"], data["patient"], data["source"], data["op"], dict(data.get("params", {})),

@@ -8,7 +8,7 @@
       -> evaluation: whole images in record order, with key and patient.
 
 What the model sees is decided here, once: `model_input` (RGB, float32 in [0, 1]) and `model_target`
-(float32 in {0, 1}); eval and infer call the same functions.
+(float32 in {0, 1}, with `training_target`'s interior channel); eval and infer call the same functions.
 Memory stays flat in the dataset size: nothing is cached, and the shuffle buffer holds crops.
 """
 
@@ -33,18 +33,25 @@ def model_input(image: tf.Tensor) -> tf.Tensor:
 
 
 def model_target(mask: tf.Tensor) -> tf.Tensor:
-    """uint8 mask (..., H, W, 1) in {0, 255} -> float32 in {0, 1}."""
-    return tf.cast(mask > 127, tf.float32)
+    """Integer mask (..., H, W, 1), 0 = background (binary {0, 65535} or instance labels) -> float32 in {0, 1}."""
+    return tf.cast(mask > 0, tf.float32)
 
 
-def with_interior(target: tf.Tensor, interior: int) -> tf.Tensor:
-    """float32 mask (B, H, W, 1) in {0, 1} -> (B, H, W, 2): the mask and its interior, the mask eroded by
-    a (2 * interior + 1)-px square (min-pooling), which widens the 1-px gaps between touching nuclei into
-    a margin a U-Net can learn. interior = 0: the mask unchanged."""
+def training_target(mask: tf.Tensor, interior: int) -> tf.Tensor:
+    """Integer masks (B, H, W, 1) as stored (uint16 from records, int32 labels) -> float32 (B, H, W, 1), or (B, H, W, 2) with `interior` > 0: the mask and
+    its interior, the pixels whose (2 * interior + 1)-px square holds only their own nucleus. For a
+    binary mask that is the mask eroded (min-pooling), which widens the 1-px gaps between touching
+    nuclei into a margin a U-Net can learn; for instance labels it also splits nuclei that touch with
+    no gap at all. interior = 0: the mask alone."""
+    target = model_target(mask)
     if interior <= 0:
         return target
-    eroded = -tf.nn.max_pool2d(-target, 2 * interior + 1, 1, "SAME")
-    return tf.concat([target, eroded], axis=-1)
+    labels = tf.cast(mask, tf.float32)  # labels <= 65535: exact in float32
+    window = 2 * interior + 1
+    high = tf.nn.max_pool2d(labels, window, 1, "SAME")
+    low = -tf.nn.max_pool2d(-labels, window, 1, "SAME")
+    core = tf.cast((high == low) & (labels > 0), tf.float32)
+    return tf.concat([target, core], axis=-1)
 
 
 def shard_paths(records: Path, split: str, skip_bad: bool = False) -> list[str]:
@@ -99,16 +106,16 @@ def grow_to(both: tf.Tensor, patch: int) -> tf.Tensor:
 
 def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
                  flip_rot: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
-    """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint8 (H, W, 1) as ONE tensor,
-    so they stay aligned and the mask keeps its exact values. `seed`: int64 (2,). `flip_rot=False`:
+    """Stateless crop + flip + rot90 of image uint8 (H, W, 3) and mask uint16 (H, W, 1) as ONE uint16
+    tensor, so they stay aligned and the mask keeps its exact values (labels included). `seed`: int64 (2,). `flip_rot=False`:
     the crop only (the augmentation study's "no augmentation" arm)."""
-    both = grow_to(tf.concat([image, mask], axis=-1), patch)
+    both = grow_to(tf.concat([tf.cast(image, tf.uint16), mask], axis=-1), patch)
     crop_seed, flip_seed, rot_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     both = tf.image.stateless_random_crop(both, [patch, patch, 4], crop_seed)
     if flip_rot:
         both = tf.image.stateless_random_flip_left_right(both, flip_seed)
         both = tf.image.rot90(both, tf.random.stateless_uniform([], rot_seed, 0, 4, dtype=tf.int32))
-    return both[..., :3], both[..., 3:]
+    return tf.cast(both[..., :3], tf.uint8), both[..., 3:]
 
 
 STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops, flips and rot90s keep theirs
@@ -122,10 +129,11 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
     (B, patch, patch, 1, or 2 with `interior`)) batches, deterministic for a given seed.
-    training=False: one pass of {'image', 'mask', 'key', 'patient', 'op'} whole images, batched by
-    `batch_size` (images of one batch must share a size); `ops` keeps only items of those ops.
+    training=False: one pass of {'image', 'mask', 'labels' (the truth as stored: int32 (B, H, W), 0 =
+    background), 'key', 'patient', 'op'} whole images, batched by `batch_size` (images of one batch must
+    share a size); `ops` keeps only items of those ops.
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
-    `interior` > 0 adds the interior target channel to the training masks (see `with_interior`);
+    `interior` > 0 adds the interior target channel to the training masks (see `training_target`);
     `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
@@ -152,12 +160,12 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
         ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
         # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.
         ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
-        ds = ds.map(lambda x, y: (model_input(x), with_interior(model_target(y), interior)),
+        ds = ds.map(lambda x, y: (model_input(x), training_target(y, interior)),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         if ops:
             ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["op"], tf.constant(list(ops)))))
         ds = ds.map(lambda ex: {"image": model_input(ex["image"]), "mask": model_target(ex["mask"]),
-                                "key": ex["key"], "patient": ex["patient"], "op": ex["op"]},
+                                "labels": tf.cast(ex["mask"][..., 0], tf.int32), "key": ex["key"], "patient": ex["patient"], "op": ex["op"]},
                     num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
     return ds.prefetch(AUTOTUNE).with_options(options)

@@ -2,7 +2,8 @@
 
 A record holds one image/mask pair exactly as the dataset stage wrote it (the PNG bytes, so nothing
 is re-encoded or lost), its size, and where it came from. Decoded, an image is uint8 (H, W, 3) RGB and
-a mask uint8 (H, W, 1) in {0, 255}.
+a mask uint16 (H, W, 1): a binary mask's {0, 255} read as {0, 65535}, or 16-bit instance labels
+(0 = background, 1..n = nuclei) where the dataset was made from instance-labelled masks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tnbc_pipeline.tf_env import tf
 SCHEMA_VERSION = 1
 FEATURES = {
     "image_png": tf.io.FixedLenFeature([], tf.string),  # RGB PNG bytes, as on disk
-    "mask_png": tf.io.FixedLenFeature([], tf.string),  # grey PNG bytes, values {0, 255}
+    "mask_png": tf.io.FixedLenFeature([], tf.string),  # grey PNG bytes: 8-bit {0, 255} or 16-bit labels
     "height": tf.io.FixedLenFeature([], tf.int64),
     "width": tf.io.FixedLenFeature([], tf.int64),
     "key": tf.io.FixedLenFeature([], tf.string),  # item name, e.g. '04_2__elastic_a110_s8'
@@ -42,12 +43,15 @@ def encode_example(image_png: bytes, mask_png: bytes, height: int, width: int, k
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """A serialized Example -> {'image': uint8 (H, W, 3), 'mask': uint8 (H, W, 1), 'key', 'patient',
+    """A serialized Example -> {'image': uint8 (H, W, 3), 'mask': uint16 (H, W, 1) (0 background; 65535
+    for a binary mask's nuclei, or instance labels 1..n), 'key', 'patient',
     'source', 'op': string scalars, 'height', 'width': int64}. Graph-safe (use inside Dataset.map)."""
     f = tf.io.parse_single_example(serialized, FEATURES)
     shape = tf.stack([f["height"], f["width"]])
     image = tf.io.decode_png(f["image_png"], channels=3)
-    mask = tf.io.decode_png(f["mask_png"], channels=1)
+    # uint16 for both mask kinds: an 8-bit {0, 255} mask reads as {0, 65535}, a 16-bit instance label
+    # image (own data, data/layouts.py) keeps its labels exactly.
+    mask = tf.io.decode_png(f["mask_png"], channels=1, dtype=tf.uint16)
     tf.debugging.assert_equal(tf.shape(image, out_type=tf.int64)[:2], shape, message="image size differs from record")
     return {"image": image, "mask": mask, "key": f["key"], "patient": f["patient"], "source": f["source"],
             "op": f["op"], "height": f["height"], "width": f["width"]}

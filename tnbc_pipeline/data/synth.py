@@ -4,6 +4,11 @@
 release) and `GT_PP/PP_K.png` (grey {0,255}); 11 patients with the real image counts. Images look like
 H&E: pink stroma with pale gaps, purple textured nuclei, some touching. As in the real ground truth,
 touching nuclei are separated in the mask by a one-pixel background line.
+
+`write_folders` writes the same images as the user's own data would come (`--layout folders`):
+`DIR/images/patientPP-tileK.png` (patient 03's as JPEG), `DIR/masks/patientPP-tileK.png` -- 16-bit
+instance labels (touching nuclei share an edge, no gap) for odd K, binary {0, 255} with the release's
+one-pixel lines for even K -- and `DIR/groups.csv` naming each image's patient.
 """
 
 from __future__ import annotations
@@ -49,12 +54,23 @@ def _nuclei_labels(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def synth_case(rng: np.random.Generator, size: int = 512, stain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """-> (RGB uint8 (size, size, 3), mask uint8 (size, size) in {0,255})."""
+    image, labels = synth_labelled(rng, size, stain)
+    return image, binary_mask(labels)
+
+
+def binary_mask(labels: np.ndarray) -> np.ndarray:
+    """int labels (H, W) -> uint8 {0, 255} with a one-pixel background line wherever two nuclei touch,
+    as in the real annotations."""
+    touching = ndimage.grey_dilation(labels, size=3) > labels
+    return np.where((labels > 0) & ~touching, 255, 0).astype(np.uint8)
+
+
+def synth_labelled(rng: np.random.Generator, size: int = 512,
+                   stain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (RGB uint8 (size, size, 3), instance labels int32 (size, size); touching nuclei share an edge)."""
     stain = np.ones(3, np.float32) if stain is None else stain
     shape = (size, size)
     labels = _nuclei_labels(rng, size)
-    # One-pixel background line wherever two nuclei touch, as in the real annotations.
-    touching = ndimage.grey_dilation(labels, size=3) > labels
-    mask = np.where((labels > 0) & ~touching, 255, 0).astype(np.uint8)
 
     low = _smooth_noise(rng, shape, size / 24)
     fibres = _smooth_noise(rng, shape, 1.5)
@@ -68,7 +84,7 @@ def synth_case(rng: np.random.Generator, size: int = 512, stain: np.ndarray | No
     nucleus = np.array([92, 52, 140], np.float32) * stain * tone * (1 + 0.12 * chromatin)
     alpha = cv2.GaussianBlur((labels > 0).astype(np.float32), (0, 0), 0.8)[..., None]
     img = img * (1 - alpha) + nucleus * alpha + rng.normal(0, 3, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
 def write_release(out: Path | str, seed: int = 0, size: int = 512) -> Path:
@@ -99,3 +115,30 @@ def _encode_any(image: np.ndarray) -> bytes:
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, [2, 1, 0, 3]]))
         return buf.tobytes()
     return encode_png(image)
+
+
+def write_folders(out: Path | str, seed: int = 0, size: int = 512) -> Path:
+    """Write the synthetic images in the own-data layout (module docstring) into `out`; return it."""
+    root = Path(out)
+    identity.claim(root, "synth")
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    identity.write(root, identity.Identity("synth", {"seed": seed, "size": size, "layout": "folders"}))
+    rows = ["image,group"]
+    for pp, count in PATIENT_COUNTS.items():
+        stain = np.random.default_rng([seed, int(pp)]).uniform(0.9, 1.08, 3).astype(np.float32)
+        for k in range(1, count + 1):
+            name = f"patient{pp}-tile{k}"
+            image, labels = synth_labelled(np.random.default_rng([seed, int(pp), k]), size, stain)
+            if pp == "03":
+                ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+                atomic_write_bytes(root / "images" / f"{name}.jpg", buf.tobytes())
+                rows.append(f"{name}.jpg,patient{pp}")
+            else:
+                atomic_write_bytes(root / "images" / f"{name}.png", encode_png(image))
+                rows.append(f"{name}.png,patient{pp}")
+            mask = labels.astype(np.uint16) if k % 2 else binary_mask(labels)
+            atomic_write_bytes(root / "masks" / f"{name}.png", encode_png(mask))
+    atomic_write_bytes(root / "groups.csv", ("\n".join(rows) + "\n").encode())
+    log.info("synthetic own-data folder (seed %d, %dpx) written to %s", seed, size, root)
+    return root

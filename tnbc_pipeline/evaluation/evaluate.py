@@ -35,7 +35,7 @@ from tnbc_pipeline.config import DEFAULT_TUNE_BY, MASK_CHANNEL, to_dict
 from tnbc_pipeline.data.records import index_sha256
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation import tables, tune
-from tnbc_pipeline.evaluation.metrics import image_metrics, truth_labels
+from tnbc_pipeline.evaluation.metrics import image_metrics
 from tnbc_pipeline.inference.objects import MEASUREMENTS, save_objects
 from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.inference.predictor import RunModel
@@ -97,9 +97,9 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
             labels = segment(probs, run.channels, post)
             nuclei += save_objects(staging, f"{key}.png", labels, np.round(image * 255).astype(np.uint8),
                                    probs[..., MASK_CHANNEL])
-            m = image_metrics(truth_labels(truth), labels)
-            rows.append(tables.image_row(key, patient, op, m, _bce(truth, probs[..., MASK_CHANNEL])))
-            shown.append((m["aji"], key, image, truth, labels > 0))
+            m = image_metrics(truth, labels)
+            rows.append(tables.image_row(key, patient, op, m, _bce(truth > 0, probs[..., MASK_CHANNEL])))
+            shown.append((m["aji"], key, image, truth > 0, labels > 0))
         if not rows:
             raise TnbcError(f"{records}: split '{split}' has no images to evaluate")
         means, patient_means = tables.write_tables(staging, rows)

@@ -9,6 +9,8 @@ no per-nucleus pass over the full image.
 from __future__ import annotations
 
 import numpy as np
+from skimage.segmentation import relabel_sequential
+
 from tnbc_pipeline.inference.postprocess import label_instances
 
 
@@ -103,6 +105,10 @@ def image_metrics(truth_labels: np.ndarray, labels: np.ndarray) -> dict[str, flo
 
 
 def truth_labels(mask: np.ndarray) -> np.ndarray:
-    """A binary truth mask (H, W) -> int32 labels: its 8-connected components (the release separates
-    touching nuclei by one-pixel background lines)."""
-    return label_instances(mask)
+    """A stored truth mask (H, W), 0 = background -> int32 labels 1..n. Instance labels (more than one
+    non-zero value: own data with instance masks) are kept, renumbered in order; a binary mask's nuclei
+    are its 8-connected components (the release separates touching nuclei by one-pixel background lines)."""
+    values = np.unique(mask)
+    if values[values != 0].size > 1:
+        return relabel_sequential(np.asarray(mask, np.int64))[0].astype(np.int32)
+    return label_instances(mask > 0)

@@ -39,12 +39,13 @@ PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 
 def examples(records: Path, split: str, all_ops: bool):
-    """(image float32 (H, W, 3), truth bool (H, W), key, patient, op) of a split, originals only unless `all_ops`."""
+    """(image float32 (H, W, 3), truth labels int32 (H, W) (`truth_labels` of the stored mask), key, patient,
+    op) of a split, originals only unless `all_ops`."""
     from tnbc_pipeline.data.pipeline import make_dataset
 
     ds = make_dataset(records, split, training=False, batch_size=1, ops=() if all_ops else ("original",))
     for batch in ds:
-        yield (batch["image"].numpy()[0], batch["mask"].numpy()[0, ..., 0] > 0.5,
+        yield (batch["image"].numpy()[0], truth_labels(batch["labels"].numpy()[0]),
                batch["key"].numpy()[0].decode(), batch["patient"].numpy()[0].decode(), batch["op"].numpy()[0].decode())
 
 
@@ -97,7 +98,7 @@ def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
 def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],
            criterion: str = DEFAULT_TUNE_BY, progress: bool = True) -> ChosenPostProcess:
     """`start` with `fields` chosen on the valid originals to maximise the mean `criterion`."""
-    cases = [(run.predict(img), truth_labels(truth)) for img, truth, *_ in
+    cases = [(run.predict(img), truth) for img, truth, *_ in
              tqdm(list(examples(records, "valid", False)), desc="post-processing", disable=not progress)]
     if not cases:
         raise TnbcError(f"{records}: the valid split has no original images to choose the post-processing on")

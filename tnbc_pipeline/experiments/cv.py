@@ -29,7 +29,7 @@ import numpy as np
 
 from tnbc_pipeline import identity
 from tnbc_pipeline.config import DEFAULT_TUNE_BY, DatasetConfig, RecordsConfig, TrainConfig, to_dict
-from tnbc_pipeline.data.raw import Release
+from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
 
@@ -147,7 +147,7 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
     settings = {"folds": folds, "evaluated_folds": list(only if only is not None else range(folds)), "peers": list(peers),
                 "scoring": scoring.to_json(),
                 "dataset_config": to_dict(data_cfg), "train_config": to_dict(train_cfg)}
-    Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
+    open_release(raw, data_cfg.mask_threshold, data_cfg.layout)  # a bad release is refused before anything is written
     mark(out, "cv", settings)
     rows, made, peer_rows = [], [], []
     for fold in only if only is not None else range(folds):

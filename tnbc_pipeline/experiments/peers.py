@@ -35,7 +35,7 @@ from tnbc_pipeline.config import TrainConfig
 from tnbc_pipeline.data.records import index_sha256
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation import tables, tune
-from tnbc_pipeline.evaluation.metrics import image_metrics, truth_labels
+from tnbc_pipeline.evaluation.metrics import image_metrics
 from tnbc_pipeline.io import folder_lock, read_json, recover_dir, replace_dir, staging_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def score_split(records: Path, split: str, predict: Predict, out: Path, progress
     rows = []
     for image, truth, key, patient, op in tqdm(list(tune.examples(records, split, False)), desc=f"peer {split}",
                                                disable=not progress):
-        rows.append(tables.image_row(key, patient, op, image_metrics(truth_labels(truth), predict(image))))
+        rows.append(tables.image_row(key, patient, op, image_metrics(truth, predict(image))))
     if not rows:
         raise TnbcError(f"{records}: split '{split}' has no images to score")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def _split_arrays(records: Path, split: str, all_ops: bool) -> tuple[list[np.nda
     images, labels = [], []
     for image, truth, *_ in tune.examples(records, split, all_ops):
         images.append(_normalise(image))
-        labels.append(truth_labels(truth).astype(np.uint16))
+        labels.append(truth.astype(np.uint16))
     if not images:
         raise TnbcError(f"{records}: split '{split}' has no images for the peer")
     return images, labels

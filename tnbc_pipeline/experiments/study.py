@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline.config import AugmentConfig, DatasetConfig, TrainConfig, to_dict
-from tnbc_pipeline.data.raw import Release
+from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.experiments.cv import (REPORTED, Scoring, fold_config, fold_identities, fold_row,
                                           mark, scored_fold, summarise)
 from tnbc_pipeline.io import read_json, write_csv, write_json
@@ -85,7 +85,7 @@ def augmentation_study(raw: Path, out: Path, folds: int, only: list[int], data_c
     settings = {"folds": folds, "evaluated_folds": list(only),
                 "scoring": scoring.to_json(),
                 "train_config": to_dict(train_cfg), "arms": list(plan)}
-    Release(Path(raw), data_cfg.mask_threshold)  # a bad release is refused before anything is written
+    open_release(raw, data_cfg.mask_threshold, data_cfg.layout)  # a bad release is refused before anything is written
     mark(out, "study", settings)
     rows: list[dict[str, Any]] = []
     made: list[dict[str, Any]] = []

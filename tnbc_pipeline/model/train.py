@@ -223,7 +223,7 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
                   progress: bool, replace_stale: bool) -> dict[str, Any]:
     import keras
 
-    from tnbc_pipeline.data.pipeline import make_dataset, with_interior
+    from tnbc_pipeline.data.pipeline import make_dataset, training_target
     from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
     index = read_index(records)
@@ -250,7 +250,7 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
     n_valid = sum(int(b["key"].shape[0]) for b in valid_ds)  # Keras warns on a finite set of unknown size
     if n_valid == 0:
         raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
-    valid_ds = valid_ds.map(lambda b: (b["image"], with_interior(b["mask"], cfg.model.interior)))
+    valid_ds = valid_ds.map(lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior)))
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
