@@ -35,6 +35,9 @@ EncoderWeights = Literal["none", "imagenet"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
+# plateau: ReduceLROnPlateau + EarlyStopping on val_loss, the best epoch's weights kept; cosine: the rate decays
+# from lr to min_lr over epochs x steps (no early stop) and the last epoch's weights are kept (valid chooses nothing).
+ScheduleName = Literal["plateau", "cosine"]
 StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
 PrecisionName = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 TuneBy = Literal["aji", "f1", "pq", "dice"]  # what the post-processing chosen on valid maximises (mean over images)
@@ -337,7 +340,8 @@ class TrainConfig:
     weight_decay: float = 1e-4  # adamw only
     clipvalue: float = 0.3  # gradient value clipping (the old system's 0.3)
     loss: LossName = "bce_dice"  # over every output channel
-    patience: int = 10  # EarlyStopping on val_loss (best weights restored)
+    schedule: ScheduleName = "plateau"  # plateau (best epoch by val_loss) | cosine (fixed decay, last epoch kept)
+    patience: int = 10  # EarlyStopping on val_loss (best weights restored); plateau only
     reduce_lr_factor: float = 0.2  # ReduceLROnPlateau factor on val_loss (1.0: off)
     reduce_lr_patience: int = 4  # epochs without improvement before the learning rate drops
     min_lr: float = 1e-6  # floor (the old min_lr=0 let the rate decay to 2.6e-10)
@@ -361,6 +365,7 @@ class TrainConfig:
         if self.patch % self.model.stride:
             raise TnbcError(f"patch {self.patch} must divide by model {self.model.name}'s stride {self.model.stride}")
         _check_choice(self.optimizer, OptimizerName, "optimizer", "optimizer")
+        _check_choice(self.schedule, ScheduleName, "schedule", "schedule")
         _check_choice(self.loss, LossName, "loss", "loss")
         if not 0.0 <= self.stain_jitter < 1.0:
             raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")

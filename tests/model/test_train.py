@@ -140,6 +140,20 @@ def test_a_resume_keeps_each_epoch_once(tmp_path: Path) -> None:
     assert not history.exists() and completed_epochs(tmp_path / "none") == 0
 
 
+def test_cosine_schedule_keeps_the_last_epoch_at_the_floor_rate(records: Path, tmp_path: Path) -> None:
+    import keras
+
+    from tnbc_pipeline.model import losses  # noqa: F401 - registers the custom objects
+
+    cfg = dataclasses.replace(TINY, schedule="cosine", epochs=3, lr=1e-3, min_lr=1e-5, patience=1)
+    done = _train(records, tmp_path / "run", cfg)
+    assert done["epochs_run"] == 3 and done["best_epoch"] == 3  # no early stop; the last epoch is the one kept
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert int(model.optimizer.iterations) == 3 * cfg.steps_per_epoch  # saved after the last step
+    # CosineDecay at its last step is alpha * lr = min_lr
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-4)
+
+
 def test_same_seed_same_weights(records: Path, tmp_path: Path) -> None:
     _train(records, tmp_path / "a")
     _train(records, tmp_path / "b")

@@ -46,21 +46,22 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class BestModel(keras.callbacks.Callback):
-    """Save the whole model to `path` whenever val_loss improves, via a temporary file and a rename.
+    """Save the whole model to `path` whenever `monitor` (val_loss) improves, or after every epoch with
+    `monitor=None` (a fixed schedule keeps its last weights), via a temporary file and a rename.
 
     The best value so far is read back from history.csv, so a resumed run keeps the earlier best.
     """
 
-    def __init__(self, path: Path, history_csv: Path, monitor: str = "val_loss") -> None:
+    def __init__(self, path: Path, history_csv: Path, monitor: str | None = "val_loss") -> None:
         super().__init__()
         self.path, self.monitor = Path(path), monitor
-        past = [r[monitor] for r in read_history(history_csv) if monitor in r]
+        past = [r[monitor] for r in read_history(history_csv) if monitor in r] if monitor else []
         self.best = min(past) if past and self.path.exists() else math.inf
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get(self.monitor)
+        value = (logs or {}).get(self.monitor) if self.monitor else -math.inf
         if value is not None and value < self.best:
-            self.best = float(value)
+            self.best = float(value) if self.monitor else math.inf
             tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
             self.model.save(tmp)
             os.replace(tmp, self.path)

@@ -107,7 +107,11 @@ def compile_model(model, cfg: TrainConfig) -> None:
 
     opt_cls = keras.optimizers.AdamW if cfg.optimizer == "adamw" else keras.optimizers.Adam
     kwargs: dict[str, Any] = {"weight_decay": cfg.weight_decay} if cfg.optimizer == "adamw" else {}
-    model.compile(optimizer=opt_cls(learning_rate=cfg.lr, clipvalue=cfg.clipvalue, **kwargs),
+    rate: Any = cfg.lr
+    if cfg.schedule == "cosine":  # a function of the optimizer's step count, so a resumed run continues it
+        rate = keras.optimizers.schedules.CosineDecay(cfg.lr, cfg.epochs * cfg.steps_per_epoch,
+                                                      alpha=cfg.min_lr / cfg.lr)
+    model.compile(optimizer=opt_cls(learning_rate=rate, clipvalue=cfg.clipvalue, **kwargs),
                   loss=losses.LOSSES[cfg.loss], metrics=losses.metrics(), jit_compile=cfg.jit)
 
 
@@ -255,20 +259,22 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
         model = build_model(cfg)
         compile_model(model, cfg)
 
+    plateau = cfg.schedule == "plateau"
     callbacks = [
         # Row, best model, then the backup: a kill between them leaves a row (and perhaps a model) of an epoch
         # the backup lacks; the resume trims that row (trim_history) and runs the epoch again.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
-        BestModel(run_dir / "model.keras", history_csv),
+        BestModel(run_dir / "model.keras", history_csv, monitor="val_loss" if plateau else None),
         AtomicBackupAndRestore(run_dir / "backup"),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
-                                          patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr),
         Curves(history_csv, run_dir),
         EpochInference(*_epoch_samples(records, "valid", cfg.epoch_infer), run_dir / "epoch_infer"),
     ]
-    if cfg.reduce_lr_factor == 1.0:
-        callbacks = [c for c in callbacks if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+    if plateau:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                       restore_best_weights=True))
+        if cfg.reduce_lr_factor < 1.0:
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
+                                                               patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr))
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
 
@@ -278,7 +284,10 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
                     verbose=1 if progress else 2)
     seconds = time.perf_counter() - start
     history = read_history(history_csv)
-    best = min(history, key=lambda r: r.get("val_loss", float("inf"))) if history else {}
+    if plateau:
+        best = min(history, key=lambda r: r.get("val_loss", float("inf"))) if history else {}
+    else:  # the kept weights are the last epoch's
+        best = history[-1] if history else {}
     done = {"epochs_run": len(history), "epochs_this_session": len(fit.history.get("loss", [])),
             "best_epoch": int(best.get("epoch", -1)) + 1, "best": {k: v for k, v in best.items() if k != "epoch"},
             "seconds_this_session": round(seconds, 1),
