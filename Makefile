@@ -50,10 +50,10 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,peers]'
+	$(BIN)/python -m pip install -q -e '.[test,peers,slide]'
 	touch $@
 
-install: $(VENV)/.installed ## Build .venv from pyproject.toml (with the test and peers extras)
+install: $(VENV)/.installed ## Build .venv from pyproject.toml (with the test, peers and slide extras)
 
 $(SYNTH)/TNBC_NucleiSegmentation: | $(VENV)/.installed
 	$(TNBC) synth --out $(SYNTH)

@@ -255,22 +255,43 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="A trained run folder.")
-@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images (any size).")
+@click.option("--images", type=click.Path(path_type=Path), help="Folder of images (any size).")
+@click.option("--slide", type=click.Path(path_type=Path, dir_okay=False),
+              help="A whole slide (pyramidal TIFF, SVS, ...; extra 'slide') instead of --images: tiled, tissue only.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--masks", type=click.Path(path_type=Path), help="Truth masks (same stems): adds metrics.csv + comparison.png.")
+@click.option("--region", help="--slide: only this region, 'x,y,w,h' in level-0 px [default: the whole slide].")
+@click.option("--level", type=click.IntRange(0), default=0, show_default=True, help="--slide: pyramid level to read.")
+@click.option("--model-mpp", type=float, default=0.25, show_default=True,
+              help="--slide: µm/px the model was trained at (TNBC: 40x); other slide pixel sizes are rescaled to it.")
 @post_processing
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the 8 flips/rotations (measured: better on every CV fold; --no-tta is 8x faster).")
-@click.option("--mpp", type=float, help="Microns per pixel of the images: adds areas in um^2 to nuclei.csv.")
+@click.option("--mpp", type=float, help="Microns per pixel of the images (--slide: overrides its metadata): "
+                                        "adds areas in um^2 to nuclei.csv.")
 @click.pass_obj
-def infer(obj: dict, run_dir: Path, images: Path, out: Path, masks: Path | None, threshold: float | None,
-          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
-          tta: bool, mpp: float | None) -> None:
-    """Masks, probabilities and overlays for any folder of images."""
+def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out: Path, masks: Path | None,
+          region: str | None, level: int, model_mpp: float, threshold: float | None, min_area: int | None,
+          instances: str | None, core_threshold: float | None, split_touching: bool, tta: bool,
+          mpp: float | None) -> None:
+    """Masks, probabilities and overlays for any folder of images; or the nuclei of a whole slide."""
     from tnbc_pipeline.evaluation.tables import MaskScorer
     from tnbc_pipeline.inference.infer import infer as run_infer
 
+    if (images is None) == (slide is None):
+        raise TnbcError("give exactly one of --images and --slide")
+    if slide is None and (region is not None or level):
+        raise TnbcError("--region and --level apply to --slide only")
+    if slide is not None and masks is not None:
+        raise TnbcError("--masks applies to --images only (score a slide's regions as images)")
     overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
+    if slide is not None:
+        from tnbc_pipeline.inference.slide import infer_slide
+
+        record = infer_slide(run_dir, slide, out, overrides, tta, region, level, mpp, model_mpp, obj["progress"])
+        click.echo(f"{record['nuclei']} nuclei in {record['tiles']} tile(s) "
+                   f"({record['megapixels_per_s']:.2f} MP/s) -> {out}")
+        return
     scorer = MaskScorer(masks) if masks is not None else None
     record = run_infer(run_dir, images, out, overrides, tta, on_image=scorer, progress=obj["progress"], mpp=mpp)
     if scorer is not None:
