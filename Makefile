@@ -108,7 +108,7 @@ test: install ## Run the test suite
 
 BENCH_RAW = $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
 
-bench: bench-dataset bench-input bench-train bench-infer ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
+bench: bench-dataset bench-input bench-train bench-infer bench-slide ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
 
 bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
 	$(BIN)/python benchmarks/bench_dataset.py $(BENCH_RAW)
@@ -118,6 +118,9 @@ bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, u
 
 bench-infer: install ## Whole vs tiled inference MP/s on 2048x2048; metric time vs a naive per-nucleus implementation
 	$(BIN)/python benchmarks/bench_infer.py $(BENCH_RAW)
+
+bench-slide: install ## Whole-slide inference MP/s and peak RSS on a 1x and a 4x larger pyramidal TIFF (memory flat)
+	$(BIN)/python benchmarks/bench_slide.py
 
 bench-input: install ## tf.data pipeline vs load-everything numpy and vs the default model's training rate; RSS at 1x/4x data
 	$(BIN)/python benchmarks/bench_input.py $(BENCH_RAW)

@@ -12,7 +12,15 @@ from pathlib import Path
 
 
 def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB: VmHWM of its own memory (Linux), which an
+    exec starts afresh -- ru_maxrss keeps the peak of the parent it was forked from, so a child of a
+    large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
