@@ -169,7 +169,14 @@ def test_glass_is_skipped_and_bad_input_is_one_line(tmp_path: Path, tissue_image
         slide_mod.infer_slide(tmp_path / "run", tmp_path / "not.tif", tmp_path / "bad", progress=False)
     with pytest.raises(TnbcError, match="no level 5"):
         slide_mod.infer_slide(tmp_path / "run", path, tmp_path / "bad", level=5, progress=False)
-    assert not (tmp_path / "bad").exists()
+    with tifffile.TiffFile(path) as tf:  # damage one tile of level 0: its zlib stream no longer decodes
+        offset, size = tf.pages[0].dataoffsets[5], tf.pages[0].databytecounts[5]
+    damaged = bytearray(path.read_bytes())
+    damaged[offset:offset + size] = b"\xff" * size
+    (tmp_path / "damaged.tif").write_bytes(bytes(damaged))
+    with pytest.raises(TnbcError, match="damaged.tif: cannot read the tile at level 0"):
+        slide_mod.infer_slide(tmp_path / "run", tmp_path / "damaged.tif", tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))  # nothing half-written
     before = (tmp_path / "out" / "nuclei.csv").read_bytes()
     with pytest.raises(TnbcError, match="region"):
         slide_mod.infer_slide(tmp_path / "run", path, tmp_path / "out", region="0,0,0,5", progress=False)
