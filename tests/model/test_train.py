@@ -154,6 +154,18 @@ def test_cosine_schedule_keeps_the_last_epoch_at_the_floor_rate(records: Path, t
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-4)
 
 
+def test_multi_worker_is_refused_in_one_line_before_anything_is_written(records: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(TnbcError, match="keras-team/keras#20585"):
+        _train(records, tmp_path / "run", dataclasses.replace(TINY, strategy="multi_worker"))
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(TnbcError, match="TF_CONFIG: not JSON"):
+        _train(records, tmp_path / "run", dataclasses.replace(TINY, strategy="multi_worker"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_same_seed_same_weights(records: Path, tmp_path: Path) -> None:
     _train(records, tmp_path / "a")
     _train(records, tmp_path / "b")

@@ -48,14 +48,24 @@ RUN_FILES = ("identity.json", "config.json", "model.keras", "backup", "history.c
              "postprocess.json", "threshold.json")  # the last two: eval's choice for this model (and its old name)
 
 
+# Measured 2026-11-27 with two workers on 127.0.0.1 (TF 2.21, Keras 3.15): with the strategy made first,
+# the cluster forms, but Keras 3's fit then fails twice inside itself under MultiWorkerMirroredStrategy --
+# its shape probe all-reduces a PerReplica input batch, and its step reduces scalar metrics with
+# reduce("MEAN", axis=0) -- (keras-team/keras#20585, open). Refused in one line until Keras supports it.
+MULTI_WORKER_BLOCKED = ("strategy multi_worker: Keras 3's fit does not run under MultiWorkerMirroredStrategy "
+                        "(keras-team/keras#20585); train on one machine (--strategy mirrored for several GPUs)")
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """auto: MirroredStrategy over several GPUs, else the default (one device)."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+    """auto: MirroredStrategy over several GPUs, else the default (one device). multi_worker must be made
+    before any other TensorFlow work (collective ops are configured at program start), so it is checked
+    first -- even listing devices would be too late."""
     if name == "multi_worker":
         check_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
@@ -219,6 +229,9 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     folder holds; `replace_stale`: start over only a run of another identity (instead of refusing it)."""
     records, run_dir = Path(records), Path(run_dir)
     index_sha256(records)  # bad records are refused before anything is written, the lock included
+    if cfg.strategy == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG"))  # one line on a bad TF_CONFIG first
+        raise TnbcError(MULTI_WORKER_BLOCKED)
     with folder_lock(run_dir):
         return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
 
