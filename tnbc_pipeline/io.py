@@ -129,11 +129,14 @@ def decode_mask(data: bytes, name: str, threshold: int | None = None) -> np.ndar
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
-def encode_png(arr: np.ndarray, compression: int = 1, strategy: str = "rle") -> bytes:
-    """RGB (H, W, 3) uint8, or grey (H, W) uint8 / uint16 (instance labels) -> PNG bytes (deterministic for a given cv2 build)."""
+def encode_png(arr: np.ndarray, compression: int = 1, strategy: str = "rle", png_filter: str = "adaptive") -> bytes:
+    """RGB (H, W, 3) uint8, or grey (H, W) uint8 / uint16 (instance labels) -> PNG bytes (deterministic for a
+    given cv2 build). `png_filter`: one row filter for every row, or adaptive (libpng's choice per row)."""
     if arr.ndim == 3:
         arr = arr[:, :, ::-1]
     params = [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy]]
+    if png_filter != "adaptive":
+        params += [cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{png_filter.upper()}")]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
     if not ok:
         raise TnbcError(f"could not encode PNG of shape {arr.shape}")

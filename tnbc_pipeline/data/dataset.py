@@ -67,7 +67,8 @@ class BuildSummary:
 
 def _recipe(cfg: DatasetConfig, sources: dict[str, dict], key: str, variant: augment.Variant) -> str:
     src = sources[key]
-    text = json.dumps([RENDER_VERSION, cfg.seed, cfg.png_compression, cfg.png_strategy, cfg.mask_threshold,
+    text = json.dumps([RENDER_VERSION, cfg.seed, cfg.png_compression, cfg.png_strategy, cfg.png_filter,
+                       cfg.mask_threshold,
                        src["image_sha256"], src["mask_sha256"], variant.op, variant.params])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -88,7 +89,7 @@ def render_case(release: Release, case: Case, split: str, variants: list[augment
         img, msk, stats = augment.apply(variant, image, mask, rng)
         digests = {}
         for kind, arr in (("image", img), ("mask", msk)):
-            data = encode_png(arr, cfg.png_compression, cfg.png_strategy)
+            data = encode_png(arr, cfg.png_compression, cfg.png_strategy, cfg.png_filter)
             atomic_write_bytes(out / manifest.item_path(split, kind, case.key, variant.suffix), data)
             digests[kind] = sha256_bytes(data)
         items.append(manifest.Item.create(split, case.patient, case.key, variant.op, variant.suffix,
