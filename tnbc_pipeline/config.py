@@ -27,8 +27,7 @@ T = TypeVar("T")
 PngStrategy = Literal["rle", "default", "filtered", "huffman", "fixed"]
 PngFilter = Literal["up", "sub", "none", "avg", "paeth", "adaptive"]  # adaptive: libpng tries all per row
 Compression = Literal["none", "gzip"]
-# How `tnbc dataset --raw DIR` reads DIR (data/layouts.py): the TNBC release, the user's images/ + masks/
-# folders, or the replaced system's ImageMask dataset; auto tells them apart by their folders.
+# How `tnbc dataset --raw DIR` reads DIR (data/layouts.py); auto tells the layouts apart by their folders.
 Layout = Literal["auto", "tnbc", "folders", "imagemask"]
 ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "unet3plus", "swin_unet", "efficient_unet",
                     "deeplabv3plus"]
@@ -36,8 +35,7 @@ EncoderWeights = Literal["none", "imagenet"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
-# plateau: ReduceLROnPlateau + EarlyStopping on val_loss, the best epoch's weights kept; cosine: the rate decays
-# from lr to min_lr over epochs x steps (no early stop) and the last epoch's weights are kept (valid chooses nothing).
+# plateau: ReduceLROnPlateau + EarlyStopping, the best epoch kept; cosine: lr -> min_lr, no early stop, last epoch kept
 ScheduleName = Literal["plateau", "cosine"]
 StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
 PrecisionName = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
@@ -140,15 +138,10 @@ class AugmentConfig:
         for angle in self.rotations:
             if not -360.0 <= angle <= 360.0:
                 raise TnbcError(f"augment.rotations must be within +-360 degrees, got {angle}")
-        for value in self.distort:
-            if not 0.0 < value <= 0.25:
-                raise TnbcError(f"augment.distort values must be in (0, 0.25], got {value}")
-        for value in self.shrink:
-            if not 0.0 < value < 1.0:
-                raise TnbcError(f"augment.shrink ratios must be in (0, 1), got {value}")
-        for value in self.stain:
-            if not 0.0 < value < 1.0:
-                raise TnbcError(f"augment.stain strengths must be in (0, 1), got {value}")
+        for name, top, closed in (("distort", 0.25, True), ("shrink", 1.0, False), ("stain", 1.0, False)):
+            for value in getattr(self, name):
+                if not (0.0 < value <= top if closed else 0.0 < value < top):
+                    raise TnbcError(f"augment.{name} values must be in (0, {top:g}{']' if closed else ')'}, got {value}")
         for split in self.splits:
             if split not in SPLITS:
                 raise TnbcError(f"augment.splits: unknown split '{split}' (expected {', '.join(SPLITS)})")
@@ -361,21 +354,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "")
-        positive = ("epochs", "steps_per_epoch", "batch_size", "patch", "val_batch_size", "shuffle_buffer")
-        for name in positive:
+        for name in ("epochs", "steps_per_epoch", "batch_size", "patch", "val_batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise TnbcError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patch % self.model.stride:
             raise TnbcError(f"patch {self.patch} must divide by model {self.model.name}'s stride {self.model.stride}")
-        _check_choice(self.optimizer, OptimizerName, "optimizer", "optimizer")
-        _check_choice(self.schedule, ScheduleName, "schedule", "schedule")
-        _check_choice(self.loss, LossName, "loss", "loss")
+        for name, literal in (("optimizer", OptimizerName), ("schedule", ScheduleName), ("loss", LossName)):
+            _check_choice(getattr(self, name), literal, name, name)
         if not 0.0 <= self.stain_jitter < 1.0:
             raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
             raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
-        _check_choice(self.strategy, StrategyName, "strategy", "strategy")
-        _check_choice(self.precision, PrecisionName, "precision", "policy")
+        for name, literal, what in (("strategy", StrategyName, "strategy"), ("precision", PrecisionName, "policy")):
+            _check_choice(getattr(self, name), literal, name, what)
 
 
 @dataclass(frozen=True)
