@@ -93,9 +93,8 @@ class SplitConfig:
     def __post_init__(self) -> None:
         _check_numbers(self, "split.")
         for name in ("test_fraction", "valid_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise TnbcError(f"split.{name} must be in [0, 1), got {value}")
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise TnbcError(f"split.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.test_fraction + self.valid_fraction >= 1.0:
             raise TnbcError("split.test_fraction + split.valid_fraction must leave patients for train")
         if self.folds < 0 or self.folds == 1:
@@ -130,9 +129,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         _check_numbers(self, "augment.")
         for name in ("alpha", "sigma"):
-            for value in getattr(self, name):
-                if value <= 0:
-                    raise TnbcError(f"augment.{name} values must be > 0, got {value}")
+            if any(value <= 0 for value in getattr(self, name)):
+                raise TnbcError(f"augment.{name} values must be > 0, got {min(getattr(self, name))}")
         if bool(self.alpha) != bool(self.sigma):
             raise TnbcError("augment.alpha and augment.sigma must both be empty or both non-empty")
         for angle in self.rotations:
@@ -170,9 +168,9 @@ class DatasetConfig:
             raise TnbcError(f"mask_threshold must be in [0, 255), got {self.mask_threshold}")
         if not 0 <= self.png_compression <= 9:
             raise TnbcError(f"png_compression must be in 0..9, got {self.png_compression}")
-        _check_choice(self.png_strategy, PngStrategy, "png_strategy", "strategy")
-        _check_choice(self.png_filter, PngFilter, "png_filter", "filter")
-        _check_choice(self.layout, Layout, "layout", "layout")
+        for name, literal, what in (("png_strategy", PngStrategy, "strategy"), ("png_filter", PngFilter, "filter"),
+                                    ("layout", Layout, "layout")):
+            _check_choice(getattr(self, name), literal, name, what)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
