@@ -96,11 +96,14 @@ def features(labels: np.ndarray, rows: list[dict[str, Any]]) -> Iterator[dict[st
     boxes = ndimage.find_objects(labels.astype(np.int32))
     for row in rows:
         box = boxes[row["id"] - 1]
-        ring = polygon(labels[box] == row["id"], (box[1].start, box[0].start))
-        yield {"type": "Feature", "id": f"nucleus-{row['id']}",
-               "geometry": {"type": "Polygon", "coordinates": [ring]},
-               "properties": {"objectType": "detection", "classification": CLASSIFICATION,
-                              "measurements": {k: row[k] for k in MEASUREMENTS if row[k] != ""}}}
+        yield feature(row, polygon(labels[box] == row["id"], (box[1].start, box[0].start)))
+
+
+def feature(row: dict[str, Any], ring: list[list[float]]) -> dict[str, Any]:
+    """The GeoJSON Feature of one nucleus: its measurement row (with its id) and its polygon ring."""
+    return {"type": "Feature", "id": f"nucleus-{row['id']}", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "detection", "classification": CLASSIFICATION,
+                           "measurements": {k: row[k] for k in MEASUREMENTS if row[k] != ""}}}
 
 
 def write_geojson(f: IO[str], feats: Iterator[dict[str, Any]]) -> int:

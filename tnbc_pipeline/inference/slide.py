@@ -33,7 +33,7 @@ from tqdm import tqdm
 from tnbc_pipeline import identity
 from tnbc_pipeline.config import MASK_CHANNEL, to_dict
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.inference.objects import CLASSIFICATION, MEASUREMENTS, measure, polygon, write_geojson
+from tnbc_pipeline.inference.objects import MEASUREMENTS, feature, measure, polygon, write_geojson
 from tnbc_pipeline.inference.postprocess import segment
 from tnbc_pipeline.io import replace_dir, staging_dir, write_json
 
@@ -196,10 +196,7 @@ def _nuclei(run: Any, post: Any, slide: Any, path: Path, tiles: list[Tile], leve
                    "centroid_y": round((row["centroid_y"] + wy) * down, 2), "area_px": round(row["area_px"] * down**2),
                    "perimeter_px": round(row["perimeter_px"] * down, 2),
                    "equivalent_diameter_px": round(row["equivalent_diameter_px"] * down, 2)}
-            feature = {"type": "Feature", "id": f"nucleus-{count}", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                       "properties": {"objectType": "detection", "classification": CLASSIFICATION,
-                                      "measurements": {k: row[k] for k in MEASUREMENTS if row[k] != ""}}}
-            yield feature, row
+            yield feature(row, ring), row
 
 
 def parse_region(text: str | None, size: tuple[int, int], path: Path) -> tuple[int, int, int, int]:
@@ -247,8 +244,8 @@ def infer_slide(run_dir: Path, slide_path: Path, out: Path, overrides: dict[str,
     post, source = run.resolve(overrides or {})
     tissue, per_px = overview(slide, slide_path, level)
     mask = tissue_mask(tissue)
-    tiles = [t for t in plan_tiles(box, max(1, round(TILE / scale)), math.ceil(MARGIN / scale))
-             if _has_tissue(mask, t.core, per_px)]
+    grid = plan_tiles(box, max(1, round(TILE / scale)), math.ceil(MARGIN / scale))
+    tiles = [t for t in grid if _has_tissue(mask, t.core, per_px)]
     stat = slide_path.stat()
     made = identity.Identity("infer", {"postprocess": to_dict(post), "tta": tta, "region": list(box0), "level": level,
                                        "mpp": mpp0, "model_mpp": model_mpp, "tile": TILE, "margin": MARGIN},
@@ -266,10 +263,10 @@ def infer_slide(run_dir: Path, slide_path: Path, out: Path, overrides: dict[str,
             writer.writeheader()
 
             def rows() -> Iterator[dict[str, Any]]:
-                for feature, row in _nuclei(run, post, slide, slide_path, tiles, level, scale, box,
+                for feat, row in _nuclei(run, post, slide, slide_path, tiles, level, scale, box,
                                             mpp0 * down if mpp0 else None, stats, progress):
                     writer.writerow({"image": slide_path.name, **row})
-                    yield feature
+                    yield feat
 
             count = write_geojson(gj, rows())
     except BaseException:
@@ -278,8 +275,7 @@ def infer_slide(run_dir: Path, slide_path: Path, out: Path, overrides: dict[str,
     seconds = time.perf_counter() - start
     record = {"slide": str(slide_path), "level": level, "region": list(box0), "mpp": mpp0, "model_mpp": model_mpp,
               "scale": round(scale, 4), "postprocess": to_dict(post), "source": source, "tta": tta,
-              "tiles": len(tiles), "tiles_without_tissue": len(plan_tiles(box, max(1, round(TILE / scale)), 0))
-              - len(tiles), "nuclei": count, "dropped_cut": stats["cut"], "seconds": round(seconds, 2),
+              "tiles": len(tiles), "tiles_without_tissue": len(grid) - len(tiles), "nuclei": count, "dropped_cut": stats["cut"], "seconds": round(seconds, 2),
               "megapixels_per_s": round(stats["pixels"] / 1e6 / max(seconds, 1e-9), 3),
               "model_sha256": run.model_sha256}
     write_json(staging / "slide.json", record)
