@@ -65,18 +65,8 @@ def stage_profile(release, cfg: DatasetConfig, sources: int, out: Path) -> tuple
     return {k: 1e3 * v / max(n, 1) for k, v in times.items()}, rendered
 
 
-def _cv2(level: int, strategy: str, png_filter: str | None = None) -> Callable[[np.ndarray], bytes]:
-    if png_filter is None:
-        return lambda arr: encode_png(arr, level, strategy)
-    from tnbc_pipeline.io import PNG_STRATEGIES
-
-    params = [cv2.IMWRITE_PNG_COMPRESSION, level, cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy],
-              cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{png_filter.upper()}")]
-
-    def encode(arr: np.ndarray) -> bytes:
-        return cv2.imencode(".png", np.ascontiguousarray(arr[:, :, ::-1] if arr.ndim == 3 else arr), params)[1].tobytes()
-
-    return encode
+def _cv2(level: int, strategy: str, png_filter: str = "adaptive") -> Callable[[np.ndarray], bytes]:
+    return lambda arr: encode_png(arr, level, strategy, png_filter)
 
 
 def _imagecodecs(name: str, level: int, **kw) -> Callable[[np.ndarray], bytes] | None:
