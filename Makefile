@@ -93,9 +93,9 @@ cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patien
 		$(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) $(foreach p,$(PEERS),--peer $(p))
 
 MODELS ?= unet attention_unet multires_unet unet3plus swin_unet efficient_unet deeplabv3plus unet_seed
-zoo: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Each model of MODELS through the same patient folds and budget (cv/zoo_NAME), then one table: FOLD="0 1" TRAIN_CONFIG= EPOCHS=
+zoo: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Each model of MODELS through the same patient folds and budget (cv/zoo_NAME), then one table: FOLD="0 1" TRAIN_CONFIG= EPOCHS= TTA=0|1
 	$(foreach m,$(MODELS),$(TNBC) cv --raw $(RAW) --out cv/zoo_$(m) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
-		--model $(m) $(foreach f,$(or $(FOLD),0 1),--fold $(f)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TUNE_FLAGS) $(if $(FORCE),--force) &&) true
+		--model $(m) $(foreach f,$(or $(FOLD),0 1),--fold $(f)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) &&) true
 	$(BIN)/python -m benchmarks.zoo_table $(foreach m,$(MODELS),cv/zoo_$(m))
 
 study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS= FORCE=1
