@@ -45,9 +45,10 @@ def make_zip(root: Path, dest: Path, junk: bool = True) -> Path:
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 for every file under `folder` (hidden files included)."""
+    """Relative path -> sha256 for every file under `folder` (hidden files included, except the dataset's
+    `.stamps.json`: this machine's record of inodes and mtimes, not content)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".stamps.json"}
 
 
 def one_error(result, *needles: str) -> str:

@@ -116,10 +116,14 @@ def synth(out: Path, seed: int, size: int, layout: str) -> None:
                    "imagemask (the old train|valid|test/images + masks) [default: auto, by its folders].")
 @click.option("--workers", type=click.IntRange(1, 256), help="Worker processes [default: all cores].")
 @click.option("--force", is_flag=True, help="Re-render every item even if unchanged.")
+@click.option("--verify", is_flag=True,
+              help="Re-hash every kept file (else a file whose size, mtime and inode match the last build's "
+                   ".stamps.json is trusted).")
 @click.pass_obj
 def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tuple[float, ...],
             sigma: tuple[float, ...], stain: tuple[float, ...], seed: int | None, split_seed: int | None, folds: int | None,
-            fold: int | None, mask_threshold: int | None, layout: str | None, workers: int | None, force: bool) -> None:
+            fold: int | None, mask_threshold: int | None, layout: str | None, workers: int | None, force: bool,
+            verify: bool) -> None:
     """Split the release by patient, augment inside each split, write PNG pairs + manifest."""
     from tnbc_pipeline.config import DatasetConfig, load_config
     from tnbc_pipeline.data.dataset import build_dataset
@@ -130,7 +134,7 @@ def dataset(obj: dict, raw: Path, out: Path, config_path: Path | None, alpha: tu
     cfg = load_config(DatasetConfig, config_path, overrides)
     if fold is not None and not cfg.split.folds:
         raise TnbcError(f"--fold {fold} needs --folds (or split.folds in the config): k-fold is off")
-    summary = build_dataset(raw, out, cfg, workers=workers, force=force, progress=obj["progress"])
+    summary = build_dataset(raw, out, cfg, workers=workers, force=force, progress=obj["progress"], verify=verify)
     if not summary.changed:
         click.echo(f"{out}: up to date ({sum(r['items'] for r in summary.rows.values())} items); nothing to do")
         return

@@ -130,6 +130,39 @@ def test_force_and_a_tampered_file_rerender(built: Path, release_root: Path, tmp
     assert summary.rows["train"]["reused"] == 0 and tree_digest(out) == tree_digest(built)
 
 
+def test_kept_files_are_trusted_by_their_stamps_and_verify_rehashes(built: Path, release_root: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tnbc_pipeline.data import manifest
+
+    out = tmp_path / "TNBC"
+    build_dataset(release_root, out, CFG, workers=2, progress=False)
+    items = len(json.loads((out / "manifest.json").read_text())["items"])
+    hashed: list[Path] = []
+    real_hash = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    monkeypatch.setattr(manifest, "RACY_NS", 0)  # the build just ran: no clock tick has to pass in a test
+    assert not build_dataset(release_root, out, CFG, workers=1, progress=False).changed
+    assert hashed == []  # every file trusted by size, mtime and inode: nothing re-read
+    # Same size, same mtime, same inode, other bytes: only --verify can see it (git's index has the same limit).
+    victim = next((out / "train" / "images").glob("*__rot60.png"))
+    stat = victim.stat()
+    with open(victim, "r+b") as f:
+        f.seek(stat.st_size // 2)
+        f.write(b"\x00\x01\x02\x03")
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not build_dataset(release_root, out, CFG, workers=1, progress=False).changed
+    summary = build_dataset(release_root, out, CFG, workers=1, progress=False, verify=True)
+    # every file read once, but the victim's mask: its image already failed the check
+    assert len(hashed) == 2 * items - 1 and sum(r["rendered"] for r in summary.rows.values()) == 1
+    assert tree_digest(out) == tree_digest(built)
+    # A touched file (new mtime, same bytes) is re-hashed, found intact, and nothing is written.
+    hashed.clear()
+    os.utime(victim)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert not build_dataset(release_root, out, CFG, workers=1, progress=False).changed
+    assert hashed == [victim] and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_split_modes_reach_the_output(release_root: Path, tmp_path: Path) -> None:
     cfg = DatasetConfig(split=SplitConfig(test=("09", "10", "11"), valid=("08",)),
                         augment=AugmentConfig(splits=("train",)))

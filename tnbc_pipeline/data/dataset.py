@@ -5,7 +5,9 @@ driver: validation, plan, diff against the previous manifest, worker pool, progr
 
 Incremental: each output item carries a `recipe` hash of everything that determines its bytes (source
 hashes, op, params, seed, PNG settings, render version). An item whose recipe is unchanged and whose
-files still match their manifest sha256 is hard-linked into the new version instead of re-rendered.
+files still match their manifest sha256 is hard-linked into the new version instead of re-rendered. Files
+are re-hashed only when their size, mtime or inode differ from what the last build recorded in
+`.stamps.json` (or `verify`), so an unchanged dataset is checked in milliseconds, not by re-reading it.
 
 Atomic: the new version is built in `.<out>.partial/` beside the output and swapped in with two
 renames; a killed build leaves the previous dataset intact, and the next run resumes from the
@@ -45,7 +47,8 @@ from tnbc_pipeline.io import (atomic_write_bytes, encode_png, folder_lock, link_
 log = logging.getLogger(__name__)
 
 RENDER_VERSION = 1  # bump when rendering code changes the bytes of any variant: forces a re-render
-OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl", identity.FILE})
+OWNED = frozenset({*SPLITS, "manifest.json", "splits.json", "config.json", ".journal.jsonl", manifest.STAMPS,
+                   identity.FILE})
 JOURNAL = ".journal.jsonl"
 
 
@@ -252,7 +255,7 @@ def _rows(assignment: dict[str, list[str]], plan: Plan, rendered: set[str]) -> d
 
 
 def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None = None,
-                  force: bool = False, progress: bool = True) -> BuildSummary:
+                  force: bool = False, progress: bool = True, verify: bool = False) -> BuildSummary:
     """Build or update the dataset at `out` from the release at `raw`; see the module docstring."""
     start = time.perf_counter()
     raw, out = Path(raw), Path(out)
@@ -289,9 +292,11 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
             if missing and workers > 1:
                 pool = _start_pool(workers, release, cfg, staging)
                 stack.callback(pool.shutdown, cancel_futures=True)
-            reuse = manifest.intact(out, candidates)  # hashing overlaps the workers' start-up
+            reuse = manifest.intact(out, candidates, verify)  # hashing overlaps the workers' start-up
             if same_identity and current and len(reuse) == len(plan) == len(old_items) and all(
                     current.get(k) == v for k, v in head.items()):
+                if not (out / manifest.STAMPS).exists():  # made before stamps: spare the next check the reading
+                    manifest.write_stamps(out, old_items)
                 summary.changed, summary.rows = False, _rows(assignment, plan, rendered=set())
                 summary.seconds = time.perf_counter() - start
                 return summary
@@ -329,6 +334,7 @@ def build_dataset(raw: Path, out: Path, cfg: DatasetConfig, workers: int | None 
         write_json(staging / "splits.json", assignment)
         write_json(staging / "config.json", to_dict(cfg))
         write_json(staging / "manifest.json", result)
+        manifest.write_stamps(staging, ordered)  # a folder rename keeps each file's inode and mtime
         identity.write(staging, wanted)
         (staging / JOURNAL).unlink()
         replace_dir(out, staging, keep=_foreign)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.io import read_json, sha256_file
+from tnbc_pipeline.io import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ SEP = "__"  # between the release key and the variant suffix in an item's name
 _KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-]|_(?!_))*(?<![_.])$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+STAMPS = ".stamps.json"  # local cache beside the manifest: each file's size, mtime, inode and sha256 when written
+RACY_NS = 100_000_000  # file clocks tick coarsely: a file stamped this close after its mtime is re-hashed
 
 
 def item_name(key: str, suffix: str) -> str:
@@ -148,11 +152,45 @@ def _check_membership(folder: Path, splits: Any, items: list[Item]) -> None:
                             f"{it.split}, but splits.json puts the patient in {split_of.get(it.patient)}")
 
 
-def intact(folder: Path, items: list[Item]) -> dict[str, Item]:
-    """Items whose files still match their sha256 (decided by content, never timestamps), by image path."""
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def write_stamps(folder: Path, items: list[Item]) -> None:
+    """Record each item file's (size, mtime_ns, inode, sha256) in `folder`/.stamps.json, so that the next
+    build can trust an untouched file without re-reading it (git's index, for the dataset)."""
+    start_ns = time.time_ns()  # before any stat: a later write to a file gives it an mtime past this
+    files = {path: [*(_stat(folder / path) or [-1, -1, -1]), digest] for it in items
+             for path, digest in ((it.image, it.image_sha256), (it.mask, it.mask_sha256))}
+    write_json(folder / STAMPS, {"start_ns": start_ns, "files": files})
+
+
+def _read_stamps(folder: Path) -> tuple[int, dict[str, list]]:
+    try:
+        data = read_json(folder / STAMPS)
+        return int(data["start_ns"]), dict(data["files"])
+    except (OSError, ValueError, KeyError, TypeError, TnbcError):  # absent or damaged: trust nothing
+        return 0, {}
+
+
+def intact(folder: Path, items: list[Item], verify: bool = False) -> dict[str, Item]:
+    """Items whose files still match their sha256, by image path. A file is re-hashed unless its size,
+    mtime and inode equal its stamp's and its mtime is older than the stamping by RACY_NS (else a write
+    in the same clock tick could hide); `verify` re-hashes every file."""
+    start_ns, stamps = (0, {}) if verify else _read_stamps(folder)
+
+    def same(path: str, digest: str) -> bool:
+        stat = _stat(folder / path)
+        if stat is not None and stamps.get(path) == [*stat, digest] and stat[1] < start_ns - RACY_NS:
+            return True
+        return stat is not None and os.path.isfile(folder / path) and sha256_file(folder / path) == digest
+
     def ok(it: Item) -> bool:
-        return all((folder / path).is_file() and sha256_file(folder / path) == digest
-                   for path, digest in ((it.image, it.image_sha256), (it.mask, it.mask_sha256)))
+        return all(same(path, digest) for path, digest in ((it.image, it.image_sha256), (it.mask, it.mask_sha256)))
 
     with ThreadPoolExecutor(2) as threads:  # hashlib releases the GIL on large buffers
         return {it.image: it for it, good in zip(items, threads.map(ok, items)) if good}
