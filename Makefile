@@ -41,7 +41,7 @@ DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha 
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: zoo help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
+.PHONY: bench-train-options zoo help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -108,13 +108,16 @@ test: install ## Run the test suite
 
 BENCH_RAW = $(if $(filter $(SYNTH),$(RAW)),,--raw $(RAW))
 
-bench: bench-dataset bench-input bench-train bench-infer bench-slide ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
+bench: bench-dataset bench-input bench-train bench-train-options bench-infer bench-slide ## All benchmarks (speed goals; prints ratios against the old methods); RAW= for the real release
 
 bench-dataset: install ## Dataset build vs the old generator's method, 1 and all workers, regeneration
 	$(BIN)/python benchmarks/bench_dataset.py $(BENCH_RAW)
 
 bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, unet and the old TNBC model; 1x/4x data
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_RAW)
+
+bench-train-options: install ## Training images/s of unet per precision x XLA x batch (and op determinism) vs the old way, one run
+	$(BIN)/python benchmarks/bench_train_options.py $(BENCH_RAW)
 
 bench-infer: install ## Whole vs tiled inference MP/s on 2048x2048; metric time vs a naive per-nucleus implementation
 	$(BIN)/python benchmarks/bench_infer.py $(BENCH_RAW)

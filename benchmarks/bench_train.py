@@ -57,14 +57,19 @@ def _timer(skip: int = 2):
     return StepTimer()
 
 
+def timed_fit(model, ds, steps: int, batch_size: int) -> float:
+    """Images/s of `steps` training steps of `ds` inside one fit (after two untimed ones)."""
+    timer = _timer()
+    model.fit(ds, epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[timer])
+    return timer.rate(batch_size)
+
+
 def child_ours(name: str, records: Path) -> dict:
     from tnbc_pipeline.data.pipeline import make_dataset
 
     cfg, model = _model(name)
     ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch)
-    timer = _timer()
-    model.fit(ds, epochs=1, steps_per_epoch=MODELS[name][1] + 2, verbose=0, callbacks=[timer])
-    return {"images_per_s": timer.rate(cfg.batch_size), "peak_rss_mb": rss_mb()}
+    return {"images_per_s": timed_fit(model, ds, MODELS[name][1], cfg.batch_size), "peak_rss_mb": rss_mb()}
 
 
 def child_old(name: str, dataset: Path, copies: int) -> dict:
