@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05))  # 0.2..0.8 was hit at both ends
 SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable PostProcess field
     "threshold": THRESHOLDS,
-    "core_threshold": tuple(round(float(t), 2) for t in np.arange(0.2, 0.81, 0.1)),  # interior models only
+    "core_threshold": tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1)),  # interior models; 0.2 was hit
     "min_area": (0, 10, 20, 30, 40, 60, 80, 100, 130, 160),  # the release's 1st percentile nucleus is 61 px
 }
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
