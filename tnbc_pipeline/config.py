@@ -346,7 +346,7 @@ class TrainConfig:
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device
-    precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs of compute capability >= 7, else float32
+    precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs (cc >= 7), mixed_bfloat16 on CPUs with native bf16, else float32
     jit: bool = False  # XLA-compile the train step (helps on GPUs; off by default since it is off on CPU)
     model: ModelConfig = field(default_factory=ModelConfig)
 

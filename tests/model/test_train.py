@@ -65,7 +65,9 @@ def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
     assert config["records_manifest_sha256"] == json.loads((records / "index.json").read_text())["manifest_sha256"]
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]
-    assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == "float32"
+    from tnbc_pipeline.model.train import precision_policy  # auto: mixed_bfloat16 on a CPU with native bf16
+
+    assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == precision_policy("auto")
     rows = list(csv.DictReader(open(run / "history.csv")))
     best = min(rows, key=lambda r: float(r["val_loss"]))
     assert done["best_epoch"] == int(best["epoch"]) + 1
@@ -92,7 +94,7 @@ def test_a_finished_run_is_not_retrained_unless_forced(records: Path, tmp_path: 
 
 def test_a_run_of_other_settings_is_refused_finished_or_not(records: Path, tmp_path: Path) -> None:
     from tnbc_pipeline import identity
-    from tnbc_pipeline.model.train import run_identity
+    from tnbc_pipeline.model.train import precision_policy, run_identity
 
     run = tmp_path / "run"
     _train(records, run, dataclasses.replace(TINY, epochs=1))
@@ -106,7 +108,8 @@ def test_a_run_of_other_settings_is_refused_finished_or_not(records: Path, tmp_p
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     seed_model = dataclasses.replace(TINY.model, name="unet_seed")
-    identity.write(unfinished, run_identity(records, dataclasses.replace(TINY, model=seed_model)))
+    identity.write(unfinished, run_identity(records, dataclasses.replace(TINY, model=seed_model),
+                                            precision_policy("auto")))
     with pytest.raises(TnbcError, match="config.model.name: \"unet_seed\" -> \"unet\"; use"):
         _train(records, unfinished)
     # a folder with run files but no identity (an older version's run) is not taken for this one
@@ -242,3 +245,20 @@ def test_train_command_with_flags(records: Path, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert (saved["epochs"], saved["loss"], saved["seed"], saved["steps_per_epoch"]) == (1, "tversky", 3, 1)
     assert "best epoch 1 of 1" in result.output
+
+
+def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identity_says_so(
+        records: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tnbc_pipeline.model import train as train_module
+
+    for native, policy in ((True, "mixed_bfloat16"), (False, "float32")):
+        monkeypatch.setattr(train_module, "cpu_has_bf16", lambda native=native: native)
+        assert train_module.precision_policy("auto") == policy  # no GPU in the tests
+        assert train_module.precision_policy("float32") == "float32"  # an explicit choice is kept
+    auto = train_module.run_identity(records, TINY, "mixed_bfloat16")
+    assert auto.settings["precision"] == "mixed_bfloat16"
+    # float32 (what auto meant before) and an explicit policy leave the identity as it was
+    assert "precision" not in train_module.run_identity(records, TINY, "float32").settings
+    explicit = dataclasses.replace(TINY, precision="mixed_bfloat16")
+    assert "precision" not in train_module.run_identity(records, explicit, "mixed_bfloat16").settings
+    assert auto.digest != train_module.run_identity(records, TINY, "float32").digest
