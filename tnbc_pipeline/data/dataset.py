@@ -198,20 +198,14 @@ def _plan(release: Release, assignment: dict[str, list[str]], cfg: DatasetConfig
 
 
 def _start_pool(workers: int, release: Release, cfg: DatasetConfig, staging: Path) -> ProcessPoolExecutor:
-    """Start the worker processes in the background, so their start-up overlaps the main process's work."""
+    """Start the worker processes now, so their start-up overlaps the main process's hashing."""
     # forkserver: never fork a parent whose cv2 may hold threads; the preload spares each worker
     # re-importing numpy/cv2.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     pool = ProcessPoolExecutor(workers, ctx, _init_worker, (release, cfg, staging, os.getpid()))
-
-    def spawn() -> None:
-        with contextlib.suppress(RuntimeError):  # the build already ended (an error) and shut the pool down
-            for _ in range(workers):
-                pool.submit(int)  # a no-op that makes the executor spawn its processes
-
-    # Spawning blocks ~0.4 s (the forkserver starts and preloads): on a thread, it overlaps the hashing.
-    threading.Thread(target=spawn, daemon=True).start()
+    for _ in range(workers):
+        pool.submit(int)  # a no-op that makes the executor spawn its processes
     return pool
 
 
