@@ -41,7 +41,7 @@ DATASET_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach a,$(ALPHA),--alpha 
 	$(foreach s,$(SIGMA),--sigma $(s)) $(if $(SEED),--seed $(SEED)) $(if $(FOLDS),--folds $(FOLDS)) \
 	$(if $(FOLD),--fold $(FOLD)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: bench-train-options zoo help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
+.PHONY: bench-zoo bench-train-options zoo help install synth dataset records verify-records train eval infer cv study all test bench bench-dataset bench-input bench-train bench-infer clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench-dataset: install ## Dataset build vs the old generator's method, 1 and all
 
 bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, unet and the old TNBC model; 1x/4x data
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_RAW)
+
+bench-zoo: install ## Training images/s + peak RSS of every zoo model on this machine, one run (float32 as the zoo's CV; issue 14)
+	$(BIN)/python benchmarks/bench_zoo_cpu.py $(BENCH_RAW)
 
 bench-train-options: install ## Training images/s of unet per precision x XLA x batch (and op determinism) vs the old way, one run
 	$(BIN)/python benchmarks/bench_train_options.py $(BENCH_RAW)
