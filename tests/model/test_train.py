@@ -65,9 +65,12 @@ def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
     assert config["records_manifest_sha256"] == json.loads((records / "index.json").read_text())["manifest_sha256"]
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]
+    import keras
+
     from tnbc_pipeline.model.train import precision_policy  # auto: mixed_bfloat16 on a CPU with native bf16
 
     assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == precision_policy("auto")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for what the process runs next
     rows = list(csv.DictReader(open(run / "history.csv")))
     best = min(rows, key=lambda r: float(r["val_loss"]))
     assert done["best_epoch"] == int(best["epoch"]) + 1

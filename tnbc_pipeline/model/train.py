@@ -137,11 +137,17 @@ def compile_model(model, cfg: TrainConfig) -> None:
                   loss=losses.LOSSES[cfg.loss], metrics=losses.metrics(), jit_compile=cfg.jit)
 
 
+def resolved_precision(cfg: TrainConfig, policy: str | None = None) -> dict[str, str]:
+    """What `auto` resolved to on this machine, for identities: {} when float32 (what it meant before
+    CPUs got bfloat16) or when the config names its policy, else {"precision": policy}."""
+    policy = policy or precision_policy(cfg.precision)
+    return {"precision": policy} if cfg.precision == "auto" and policy != "float32" else {}
+
+
 def run_identity(records: Path, cfg: TrainConfig, policy: str = "float32") -> identity.Identity:
-    """A run's identity: the resolved TrainConfig, the precision `auto` resolved to on this machine when
-    not float32 (what it meant before CPUs got bfloat16), and the sha256 of the records' index.json."""
-    resolved = {"precision": policy} if cfg.precision == "auto" and policy != "float32" else {}
-    return identity.Identity("run", {"config": to_dict(cfg), **resolved}, {"records_index": index_sha256(records)})
+    """A run's identity: the resolved TrainConfig, `resolved_precision`, the sha256 of the records' index.json."""
+    return identity.Identity("run", {"config": to_dict(cfg), **resolved_precision(cfg, policy)},
+                             {"records_index": index_sha256(records)})
 
 
 def _clear(run_dir: Path) -> None:
@@ -246,8 +252,14 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
     if cfg.strategy == "multi_worker":
         check_tf_config(os.environ.get("TF_CONFIG"))  # one line on a bad TF_CONFIG first
         raise TnbcError(MULTI_WORKER_BLOCKED)
-    with folder_lock(run_dir):
-        return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        with folder_lock(run_dir):
+            return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
+    finally:  # what runs next in this process (a peer, a model built by hand) gets the policy it had
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, skip_bad: bool,
