@@ -20,8 +20,13 @@ def test_shipped_configs_load() -> None:
     assert tnbc.model.batch_norm and tnbc.min_lr > 0
     import dataclasses
 
-    # the stain ablation differs from the default recipe in that one setting, so the comparison is fair
-    assert load_train_config(ROOT / "configs" / "tnbc_stain.toml") == dataclasses.replace(tnbc, stain_jitter=0.05)
+    # the ablations differ from the default recipe only in what they measure, so each comparison is fair
+    assert tnbc.schedule == "cosine" and tnbc.stain_jitter == 0.05
+    assert load_train_config(ROOT / "configs" / "tnbc_cosine.toml") == tnbc
+    assert load_train_config(ROOT / "configs" / "tnbc_cosine_bf16.toml") == dataclasses.replace(
+        tnbc, precision="mixed_bfloat16")
+    plateau = dataclasses.replace(tnbc, schedule="plateau", patience=8, reduce_lr_factor=0.5, reduce_lr_patience=3)
+    assert load_train_config(ROOT / "configs" / "tnbc_stain.toml") == plateau
 
 
 def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> None:
