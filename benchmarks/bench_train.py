@@ -12,7 +12,6 @@ Goal: ours >= 1.0x the old way's images/s, with peak RSS flat as data grows.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import child, load_split_arrays, prepare, replicate, rss_mb  # noqa: E402
+from benchmarks.common import bench_parser, child, load_split_arrays, prepare, replicate, rss_mb  # noqa: E402
 
 MODELS = {  # name -> (TrainConfig overrides, steps timed)
     "unet": ({"patch": 256, "batch_size": 8}, 16),
@@ -96,9 +95,7 @@ def child_old(name: str, dataset: Path, copies: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, help="A TNBC release (default: a synthetic 512 px one, made here).")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     if args.child:
         import json

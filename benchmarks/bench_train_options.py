@@ -11,7 +11,6 @@ Which setting keeps accuracy is a CV question (BENCHMARKS §3 states the fold ru
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import MODELS, child_old, timed_fit  # noqa: E402
-from benchmarks.common import child, prepare, rss_mb  # noqa: E402
+from benchmarks.common import bench_parser, child, prepare, rss_mb  # noqa: E402
 
 # every row with TensorFlow's op determinism on, as `tnbc train` runs (byte-identical reruns) ...
 SETTINGS = [{"precision": p, "jit": j, "batch_size": b, "deterministic": True}
@@ -51,9 +50,7 @@ def child_setting(records: Path, setting: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, help="A TNBC release (default: a synthetic 512 px one, made here).")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     if args.child:
         kind, path, *rest = args.child

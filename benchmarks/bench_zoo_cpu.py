@@ -10,7 +10,6 @@ beside other work, so their done.json rates are not comparable; these are.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -19,17 +18,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_options import child_setting  # noqa: E402
-from benchmarks.common import child, prepare  # noqa: E402
+from benchmarks.common import bench_parser, child, prepare  # noqa: E402
 
 
 def main() -> None:
     from tnbc_pipeline.model.registry import MODELS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, help="A TNBC release (default: a synthetic 512 px one, made here).")
+    parser = bench_parser(__doc__)
     parser.add_argument("--precision", default="float32", help="Keras policy [default: float32, as the zoo's CV].")
     parser.add_argument("--models", nargs="*", help="these models only [default: the whole registry]")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_setting(Path(args.child[0]), json.loads(args.child[1]))))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -74,3 +75,12 @@ def load_split_arrays(dataset: Path, split: str, copies: int = 1):
             images[c * len(items) + i] = cv2.imread(str(dataset / it["image"]))[:, :, ::-1]
             masks[c * len(items) + i, ..., 0] = cv2.imread(str(dataset / it["mask"]), cv2.IMREAD_GRAYSCALE) > 127
     return images, masks
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments the benchmarks share: --raw (a release, else a synthetic one made in a temporary folder)
+    and the hidden --child that `child` runs a measurement with."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", type=Path, help="A TNBC release (default: a synthetic 512 px one, made here).")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    return parser
