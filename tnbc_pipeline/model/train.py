@@ -105,7 +105,7 @@ def cpu_has_bf16() -> bool:
 
 def precision_policy(name: str) -> str:
     """auto: mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on CPUs with native
-    bfloat16 (1.3x the images/s of float32 at the same accuracy, BENCHMARKS §3), else float32 (float16 and
+    bfloat16 (1.3x the images/s of float32, BENCHMARKS §3, at the same accuracy, §1d), else float32 (float16 and
     emulated bfloat16 slow CPUs down)."""
     if name != "auto":
         return name
@@ -144,7 +144,7 @@ def resolved_precision(cfg: TrainConfig, policy: str | None = None) -> dict[str,
     return {"precision": policy} if cfg.precision == "auto" and policy != "float32" else {}
 
 
-def run_identity(records: Path, cfg: TrainConfig, policy: str = "float32") -> identity.Identity:
+def run_identity(records: Path, cfg: TrainConfig, policy: str | None = None) -> identity.Identity:
     """A run's identity: the resolved TrainConfig, `resolved_precision`, the sha256 of the records' index.json."""
     return identity.Identity("run", {"config": to_dict(cfg), **resolved_precision(cfg, policy)},
                              {"records_index": index_sha256(records)})
