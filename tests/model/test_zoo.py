@@ -73,6 +73,24 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert np.allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # Every BatchNorm, keras.applications encoders' included, at the project's momentum, kept on reload:
+    # at their own 0.99 / 0.999 a from-scratch encoder validated as all background after the CPU budget.
+    from tnbc_pipeline.model.unet import BN_MOMENTUM
+
+    for m in (model, again):
+        momenta = {layer.momentum for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)}
+        assert momenta == (set() if name == "swin_unet" else {BN_MOMENTUM}), (name, momenta)
+
+
+def test_a_revised_builder_is_in_the_identity_and_the_others_keep_theirs() -> None:
+    from tnbc_pipeline.model.registry import MODELS
+    from tnbc_pipeline.model.train import identity_extras
+
+    revised = {name: spec.revision for name, spec in MODELS.items() if spec.revision}
+    assert revised == {"efficient_unet": 1, "deeplabv3plus": 1}
+    for name, m in ZOO.items():
+        cfg = TrainConfig(patch=64, precision="float32", model=m)
+        assert identity_extras(cfg) == ({"model_revision": 1} if name in revised else {})
 
 
 def test_swin_windows_attend_within_themselves_and_shifted_ones_never_across_the_seam() -> None:

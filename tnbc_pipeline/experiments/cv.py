@@ -64,12 +64,12 @@ def fold_config(data_cfg: DatasetConfig, fold: int, folds: int) -> DatasetConfig
 
 def fold_identity(raw: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig, scoring: Scoring) -> identity.Identity:
     """Everything a fold's result depends on, computable before any stage runs: the dataset identity
-    (settings + release bytes), the records, train and scoring settings, the precision `auto` became."""
+    (settings + release bytes), the records, train and scoring settings, train's `identity_extras`."""
     from tnbc_pipeline.data.dataset import expected_identity
-    from tnbc_pipeline.model.train import resolved_precision
+    from tnbc_pipeline.model.train import identity_extras
 
     return identity.Identity("fold", {"records": to_dict(RecordsConfig()), "train": to_dict(train_cfg),
-                                      "scoring": scoring.to_json(), **resolved_precision(train_cfg)},
+                                      "scoring": scoring.to_json(), **identity_extras(train_cfg)},
                              {"dataset": expected_identity(raw, data_cfg).digest})
 
 

@@ -22,6 +22,9 @@ class ModelSpec:
 
     build: Callable[[ModelConfig], keras.Model]  # ModelConfig -> an uncompiled model
     about: str  # one line for the README and --help
+    # Bumped when the builder changes what it builds for the same settings, so runs made before are not
+    # reused (identities record it when > 0: runs of never-revised models keep their identities).
+    revision: int = 0
 
 
 def _unet(m: ModelConfig) -> keras.Model:
@@ -79,10 +82,18 @@ MODELS: dict[str, ModelSpec] = {
     "multires_unet": ModelSpec(_multires_unet, "MultiRes blocks + Res paths (Ibtehaz & Rahman 2020)"),
     "unet3plus": ModelSpec(_unet3plus, "UNet 3+ (Huang 2020): every decoder stage aggregates all encoder/decoder scales"),
     "swin_unet": ModelSpec(_swin_unet, "Swin-UNet (Cao 2021): shifted-window transformer blocks in a U-shape"),
-    "efficient_unet": ModelSpec(_efficient_unet, "EfficientNetB0 encoder (keras.applications) + U-Net decoder"),
-    "deeplabv3plus": ModelSpec(_deeplabv3plus, "DeepLabV3+ (Chen 2018): ASPP + decoder on a MobileNetV2 encoder"),
+    "efficient_unet": ModelSpec(_efficient_unet, "EfficientNetB0 encoder (keras.applications) + U-Net decoder",
+                                revision=1),  # 1: encoder BatchNorm momentum 0.99 -> 0.9
+    "deeplabv3plus": ModelSpec(_deeplabv3plus, "DeepLabV3+ (Chen 2018): ASPP + decoder on a MobileNetV2 encoder",
+                               revision=1),  # 1: encoder BatchNorm momentum 0.999 -> 0.9
 }
 assert tuple(MODELS) == choices(ModelName), "the registry and config.ModelName must list the same models"
+
+
+def revision(m: ModelConfig) -> dict[str, int]:
+    """For identities: {"model_revision": r} once the builder of `m` was revised, else {}."""
+    r = MODELS[m.name].revision
+    return {"model_revision": r} if r else {}
 
 
 def build(m: ModelConfig) -> keras.Model:

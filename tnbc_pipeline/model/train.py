@@ -144,9 +144,17 @@ def resolved_precision(cfg: TrainConfig, policy: str | None = None) -> dict[str,
     return {"precision": policy} if cfg.precision == "auto" and policy != "float32" else {}
 
 
+def identity_extras(cfg: TrainConfig, policy: str | None = None) -> dict[str, Any]:
+    """What a run depends on beyond its TrainConfig, each recorded only where it differs from what it meant
+    before it was recorded (older identities stay valid): `resolved_precision` and the builder's revision."""
+    from tnbc_pipeline.model.registry import revision
+
+    return {**resolved_precision(cfg, policy), **revision(cfg.model)}
+
+
 def run_identity(records: Path, cfg: TrainConfig, policy: str | None = None) -> identity.Identity:
-    """A run's identity: the resolved TrainConfig, `resolved_precision`, the sha256 of the records' index.json."""
-    return identity.Identity("run", {"config": to_dict(cfg), **resolved_precision(cfg, policy)},
+    """A run's identity: the resolved TrainConfig, `identity_extras`, the sha256 of the records' index.json."""
+    return identity.Identity("run", {"config": to_dict(cfg), **identity_extras(cfg, policy)},
                              {"records_index": index_sha256(records)})
 
 
