@@ -1,5 +1,5 @@
 """Shared fixtures (synthetic releases built by the package itself: tests never need the real data) and
-helpers for command-line tests."""
+helpers for command-line tests and models."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tnbc_pipeline.data.synth import write_release
@@ -80,3 +81,22 @@ def user_folder(path: Path) -> Path:
     (path / "notes.txt").write_text("mine")
     (path / "config.json").write_text('{"mine": true}')
     return path
+
+
+def learns_and_reloads(model, x: np.ndarray, path: Path):
+    """Four training steps (BCE+Dice, Adam 1e-3) on the fixed batch `x` (B, S, S, 3), S >= 44, against a
+    fixed square nucleus in every output channel lower the training-mode loss (BatchNorm's moving statistics
+    barely move in 4 steps); save -> safe_mode load predicts the same. Returns the reloaded model."""
+    import keras
+
+    from tnbc_pipeline.model import losses
+
+    y = np.zeros((*x.shape[:3], model.output_shape[-1]), np.float32)
+    y[:, 16:40, 20:44] = 1.0
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.bce_dice_loss)
+    trace = [float(model.train_on_batch(x, y)) for _ in range(4)]
+    assert trace[-1] < trace[0], trace
+    model.save(path / "m.keras")
+    again = keras.saving.load_model(path / "m.keras", safe_mode=True)
+    assert np.allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    return again

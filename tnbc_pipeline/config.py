@@ -6,6 +6,7 @@ and the key, and each dataclass validates its own ranges in `__post_init__`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ Layout = Literal["auto", "tnbc", "folders", "imagemask"]
 ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "unet3plus", "swin_unet", "efficient_unet",
                     "deeplabv3plus"]
 EncoderWeights = Literal["none", "imagenet"]
+StainNorm = Literal["none", "macenko"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
@@ -255,6 +257,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Metadata of a setting added after identities were first recorded: identities leave it out while it is
+# at its default, so every output made before it existed keeps its identity (and is still reused).
+LATER = {"identity": "omit_at_default"}
+
+
+def identity_dict(cfg: Any) -> dict[str, Any]:
+    """`to_dict` for identities: the LATER settings at their defaults left out, nested configs likewise."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("identity") == LATER["identity"] and value == f.default:
+            continue
+        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
 def config_hash(cfg: Any) -> str:
     """sha256 of the canonical JSON of a config: equal settings give equal hashes."""
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
@@ -289,11 +307,15 @@ class ModelConfig:
     interior: int = 0  # > 0: a 2nd output channel learns each nucleus' core (mask eroded by this many px),
     #                    whose components split touching nuclei at evaluation; 0: the mask channel only
     encoder_weights: EncoderWeights = "none"  # efficient_unet / deeplabv3plus: "imagenet" downloads Keras' weights
+    # "macenko": the model's first layer maps each input's stains to a fixed reference (model/stain_norm.py),
+    # in training, eval and infer alike; "none": the image as it is
+    stain_norm: StainNorm = field(default="none", metadata=LATER)
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model.")
         _check_choice(self.name, ModelName, "model.name", "model")
         _check_choice(self.encoder_weights, EncoderWeights, "model.encoder_weights", "choice")
+        _check_choice(self.stain_norm, StainNorm, "model.stain_norm", "choice")
         if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
         if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:

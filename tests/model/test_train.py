@@ -265,3 +265,22 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identi
     explicit = dataclasses.replace(TINY, precision="mixed_bfloat16")
     assert "precision" not in train_module.run_identity(records, explicit, "mixed_bfloat16").settings
     assert auto.digest != train_module.run_identity(records, TINY, "float32").digest
+
+
+def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> None:
+    """`model.stain_norm` came after runs were recorded: at "none" a run's identity is what it was before
+    the setting existed (so those runs are still reused); any other value is recorded."""
+    from tnbc_pipeline.config import identity_dict, load_train_config, to_dict
+    from tnbc_pipeline.identity import canonical
+    from tnbc_pipeline.model.train import run_identity
+
+    before = to_dict(TINY)
+    del before["model"]["stain_norm"]
+    assert identity_dict(TINY) == before
+    assert run_identity(records, TINY, "float32").settings["config"] == canonical(before)
+    macenko = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, stain_norm="macenko"))
+    assert run_identity(records, macenko, "float32").settings["config"]["model"]["stain_norm"] == "macenko"
+    assert run_identity(records, macenko, "float32").digest != run_identity(records, TINY, "float32").digest
+    assert load_train_config(None, {"model.stain_norm": "macenko"}).model.stain_norm == "macenko"
+    with pytest.raises(TnbcError, match="model.stain_norm: unknown choice 'reinhard'"):
+        ModelConfig(stain_norm="reinhard")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import learns_and_reloads
 from tnbc_pipeline.config import ModelConfig, ModelName, TrainConfig, choices
 from tnbc_pipeline.errors import TnbcError
 
@@ -51,7 +52,6 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
 
     import keras
 
-    from tnbc_pipeline.model import losses
     from tnbc_pipeline.model.registry import build
 
     keras.utils.set_random_seed(0)
@@ -63,16 +63,7 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
         out = model.predict(rng.random((1, side, side + cfg.stride, 3), dtype=np.float32), verbose=0)
         assert out.shape == (1, side, side + cfg.stride, 2) and 0 <= out.min() and out.max() <= 1
     side = max(64, cfg.stride)
-    x = rng.random((2, side, side, 3), dtype=np.float32)
-    y = np.zeros((2, side, side, 2), np.float32)
-    y[:, 16:40, 20:44] = 1.0
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.bce_dice_loss)
-    # the training-mode loss on one fixed batch (BatchNorm's moving statistics barely move in 4 steps)
-    trace = [float(model.train_on_batch(x, y)) for _ in range(4)]
-    assert trace[-1] < trace[0], trace
-    model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert np.allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    again = learns_and_reloads(model, rng.random((2, side, side, 3), dtype=np.float32), tmp_path)
     # Every BatchNorm, keras.applications encoders' included, at the project's momentum, kept on reload:
     # at their own 0.99 / 0.999 a from-scratch encoder validated as all background after the CPU budget.
     from tnbc_pipeline.model.unet import BN_MOMENTUM

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, DatasetConfig, RecordsConfig, TrainConfig, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, DatasetConfig, RecordsConfig, TrainConfig, identity_dict, to_dict
 from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
@@ -68,7 +68,7 @@ def fold_identity(raw: Path, data_cfg: DatasetConfig, train_cfg: TrainConfig, sc
     from tnbc_pipeline.data.dataset import expected_identity
     from tnbc_pipeline.model.train import identity_extras
 
-    return identity.Identity("fold", {"records": to_dict(RecordsConfig()), "train": to_dict(train_cfg),
+    return identity.Identity("fold", {"records": to_dict(RecordsConfig()), "train": identity_dict(train_cfg),
                                       "scoring": scoring.to_json(), **identity_extras(train_cfg)},
                              {"dataset": expected_identity(raw, data_cfg).digest})
 

@@ -97,5 +97,10 @@ def revision(m: ModelConfig) -> dict[str, int]:
 
 
 def build(m: ModelConfig) -> keras.Model:
-    """The model `m` names, uncompiled."""
-    return MODELS[m.name].build(m)
+    """The model `m` names, uncompiled; behind a Macenko layer when `m.stain_norm` asks for it."""
+    model = MODELS[m.name].build(m)
+    if m.stain_norm == "macenko":
+        from tnbc_pipeline.model.stain_norm import with_stain_norm
+
+        model = with_stain_norm(model)
+    return model

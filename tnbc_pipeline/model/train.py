@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline import __version__, identity
-from tnbc_pipeline.config import TrainConfig, config_hash, to_dict
+from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, to_dict
 from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import atomic_write_bytes, folder_lock, read_json, recover_dir, write_json
@@ -153,8 +153,8 @@ def identity_extras(cfg: TrainConfig, policy: str | None = None) -> dict[str, An
 
 
 def run_identity(records: Path, cfg: TrainConfig, policy: str | None = None) -> identity.Identity:
-    """A run's identity: the resolved TrainConfig, `identity_extras`, the sha256 of the records' index.json."""
-    return identity.Identity("run", {"config": to_dict(cfg), **identity_extras(cfg, policy)},
+    """A run's identity: the TrainConfig (`identity_dict`), `identity_extras`, the sha256 of the records' index.json."""
+    return identity.Identity("run", {"config": identity_dict(cfg), **identity_extras(cfg, policy)},
                              {"records_index": index_sha256(records)})
 
 
