@@ -47,6 +47,7 @@ def test_cross_validation_tests_every_patient_once_and_resumes(release_root: Pat
     row = model_row(out).split(" | ")
     assert row[0] == "| unet" and row[1] == f"{done['params']:,}" and done["params"] > 0 and done["peak_rss_mb"] > 0
     assert row[4] == f"{summary['dice']['mean']:.3f} ± {summary['dice']['sd']:.3f}"
+    assert row[-1] == f"{done['precision']} |"  # every fold in the same precision here
     stamp = (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns
     again = cross_validate(release_root, out, 3, DATA, TINY, workers=1, progress=False)
     assert again["dice"] == summary["dice"]  # nothing retrained or re-scored
