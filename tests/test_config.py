@@ -19,6 +19,19 @@ def test_shipped_config_equals_the_defaults() -> None:
     assert load_config(DatasetConfig, ROOT / "configs" / "dataset.toml") == DatasetConfig()
 
 
+def test_the_two_patient_valid_ablation_validates_on_two_patients_in_every_fold() -> None:
+    from tnbc_pipeline.data.splits import assign
+    from tnbc_pipeline.data.synth import PATIENT_COUNTS  # the release's images per patient
+
+    cfg = load_config(DatasetConfig, ROOT / "configs" / "dataset_valid2.toml")
+    assert cfg == dataclasses.replace(DatasetConfig(), split=dataclasses.replace(DatasetConfig().split, valid_fraction=0.15))
+    valid = {f: assign(PATIENT_COUNTS, dataclasses.replace(cfg.split, folds=4, fold=f))["valid"] for f in range(4)}
+    assert valid == {0: ["08", "11"], 1: ["08", "11"], 2: ["05", "06"], 3: ["08", "11"]}
+    default = {f: assign(PATIENT_COUNTS, dataclasses.replace(DatasetConfig().split, folds=4, fold=f))["valid"]
+               for f in range(4)}
+    assert default == {0: ["08"], 1: ["08"], 2: ["02", "06"], 3: ["08"]}  # what the ablation changes
+
+
 def test_toml_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seed = 4\n[augment]\nalpha = [90, 130]\nsigma = [10.0]\n[split]\ntest = ["09", "10"]\n')
