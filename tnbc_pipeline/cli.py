@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from tnbc_pipeline import __version__
-from tnbc_pipeline.config import (Compression, Layout, LossName, ModelName, PeerName, PrecisionName,
-                                  StainNorm, StrategyName, choices)
+from tnbc_pipeline.config import (Compression, InteriorTarget, Layout, LossName, ModelName, PeerName,
+                                  PrecisionName, StainNorm, StrategyName, choices)
 from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, make_scoring, post_overrides, post_processing,
                                        tune_by_option)
 from tnbc_pipeline.errors import TnbcError, one_line
@@ -191,6 +191,8 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)), help="Model to build.")
 @click.option("--interior", type=click.IntRange(0, 16),
               help="Add the interior channel (mask eroded by this many px) that splits touching nuclei; 0: off.")
+@click.option("--interior-target", type=click.Choice(choices(InteriorTarget)),
+              help="What the interior channel learns: the eroded core, or the depth in the nucleus capped at --interior px.")
 @click.option("--stain-jitter", type=float, help="HED stain jitter sigma of every training crop (0: off).")
 @click.option("--stain-norm", type=click.Choice(choices(StainNorm)),
               help="Stain normalisation as the model's first layer (macenko) or none.")
@@ -208,15 +210,16 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
 @click.pass_obj
 def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | None, model_name: str | None,
-          interior: int | None, stain_jitter: float | None, stain_norm: str | None, epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
+          interior: int | None, interior_target: str | None, stain_jitter: float | None, stain_norm: str | None,
+          epochs: int | None, steps_per_epoch: int | None, batch_size: int | None, patch: int | None,
           lr: float | None, loss: str | None, seed: int | None, strategy: str | None, precision: str | None,
           jit: bool | None, skip_bad_shards: bool, force: bool) -> None:
     """Train a U-Net on the shards into a run folder (resumes an interrupted run)."""
     from tnbc_pipeline.config import load_train_config
     from tnbc_pipeline.model.train import train as run_training
 
-    flags = {"model.name": model_name, "model.interior": interior, "stain_jitter": stain_jitter,
-             "model.stain_norm": stain_norm, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+    flags = {"model.name": model_name, "model.interior": interior, "model.interior_target": interior_target,
+             "stain_jitter": stain_jitter, "model.stain_norm": stain_norm, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
              "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
              "strategy": strategy, "precision": precision, "jit": jit}
     cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})

@@ -34,6 +34,7 @@ ModelName = Literal["unet", "unet_seed", "attention_unet", "multires_unet", "une
                     "deeplabv3plus"]
 EncoderWeights = Literal["none", "imagenet"]
 StainNorm = Literal["none", "macenko"]
+InteriorTarget = Literal["core", "distance"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
 LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
@@ -310,12 +311,17 @@ class ModelConfig:
     # "macenko": the model's first layer maps each input's stains to a fixed reference (model/stain_norm.py),
     # in training, eval and infer alike; "none": the image as it is
     stain_norm: StainNorm = field(default="none", metadata=LATER)
+    # what the interior channel learns (data/pipeline.training_target): "core", the mask eroded by `interior` px
+    # (0/1); "distance", each pixel's depth in its nucleus capped at `interior` px, / interior (0..1), whose
+    # threshold (core_threshold, chosen on valid) then picks the erosion
+    interior_target: InteriorTarget = field(default="core", metadata=LATER)
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model.")
         _check_choice(self.name, ModelName, "model.name", "model")
         _check_choice(self.encoder_weights, EncoderWeights, "model.encoder_weights", "choice")
         _check_choice(self.stain_norm, StainNorm, "model.stain_norm", "choice")
+        _check_choice(self.interior_target, InteriorTarget, "model.interior_target", "choice")
         if not 2 <= self.levels <= 8 or self.base_filters < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise TnbcError("model: levels must be 2..8, base_filters >= 1, kernel odd and >= 1")
         if self.dilation < 1 or not 0.0 <= self.dropout < 1.0:

@@ -73,6 +73,10 @@ def test_interior_channel_is_the_mask_eroded_by_a_square(mask_records: Path) -> 
     assert training_target(tf.constant(mask), 0).shape == (1, 24, 24, 1)
     for x, y in _take(mask_records, 2, interior=1):
         assert y.shape == (4, PATCH, PATCH, 2) and (y[..., 1] <= y[..., 0]).all() and y[..., 1].sum() > 0
+    for x, y in _take(mask_records, 2, interior=3, interior_target="distance"):  # the stream's soft depths
+        assert y.shape == (4, PATCH, PATCH, 2) and (y[..., 1] <= y[..., 0]).all()
+        thirds = y[..., 1] * 3
+        assert np.allclose(thirds, np.round(thirds), atol=1e-5) and np.isclose(thirds, 1.0).any()
 
 
 def test_interior_of_instance_labels_splits_nuclei_that_touch_without_a_gap() -> None:
@@ -88,6 +92,32 @@ def test_interior_of_instance_labels_splits_nuclei_that_touch_without_a_gap() ->
     expected[3:11, 3:7] = True  # each nucleus shrunk by one pixel on every side, its neighbour's side too
     expected[3:11, 9:13] = True
     assert np.array_equal(both[..., 1] > 0, expected)
+
+
+def test_the_distance_target_is_each_pixels_depth_in_its_own_nucleus_capped() -> None:
+    """Against scipy's chessboard distance transform, per nucleus (so touching labels count as each
+    other's edge, and outside the image as unknown): depth = min(distance - 1, K) / K; 1 exactly on "core"."""
+    from scipy import ndimage
+
+    from tnbc_pipeline.data.pipeline import training_target
+    from tnbc_pipeline.tf_env import tf
+
+    labels = np.zeros((1, 32, 32, 1), np.int32)
+    labels[0, 2:20, 2:12] = 1  # touches nucleus 2 along column 12 with no gap
+    labels[0, 4:24, 12:26] = 2
+    labels[0, 25:32, 0:9] = 3  # touches the image border
+    for k in (1, 3, 4):
+        got = training_target(tf.constant(labels), k, "distance").numpy()[0]
+        expected = np.zeros((32, 32))
+        for i in (1, 2, 3):
+            own = labels[0, ..., 0] == i
+            depth = ndimage.distance_transform_cdt(own, metric="chessboard") - 1
+            expected[own] = np.minimum(depth[own], k) / k
+        assert np.array_equal(got[..., 0], labels[0, ..., 0] > 0)
+        np.testing.assert_allclose(got[..., 1], expected, atol=1e-6)
+        core = training_target(tf.constant(labels), k, "core").numpy()[0, ..., 1]
+        assert np.array_equal(got[..., 1] == 1.0, core == 1.0)
+    assert sorted(np.unique(got[..., 1]).round(4)) == [0.0, 0.25, 0.5, 0.75, 1.0]  # every depth occurs
 
 
 def test_the_stream_is_deterministic_for_a_seed(records: Path) -> None:

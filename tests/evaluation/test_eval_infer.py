@@ -112,7 +112,9 @@ def test_eval_scores_a_model_of_known_output(run: tuple[Path, Path], tmp_path: P
     assert (m["dice"], m["aji"], m["f1"], m["recall"], m["precision"]) == (0.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("target, depth", [("core", 1), ("distance", 3)])
+def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, Path], tmp_path: Path,
+                                                              target: str, depth: int) -> None:
     import dataclasses
 
     from tnbc_pipeline.evaluation.evaluate import evaluate
@@ -120,7 +122,7 @@ def test_a_model_with_the_interior_channel_splits_nuclei_by_it(run: tuple[Path, 
     from tnbc_pipeline.model.train import train
 
     _, records = run
-    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, interior=1))
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, interior=depth, interior_target=target))
     train(records, tmp_path / "run", cfg, progress=False)
     summary = evaluate(tmp_path / "run", records, "test", {"min_area": 5}, progress=False)
     assert summary["instances"] == "interior" and summary["min_area"] == 5

@@ -27,6 +27,8 @@ def test_shipped_configs_load() -> None:
         tnbc, precision="mixed_bfloat16")
     plateau = dataclasses.replace(tnbc, schedule="plateau", patience=8, reduce_lr_factor=0.5, reduce_lr_patience=3)
     assert load_train_config(ROOT / "configs" / "tnbc_stain.toml") == plateau
+    assert load_train_config(ROOT / "configs" / "tnbc_distance.toml") == dataclasses.replace(
+        tnbc, model=dataclasses.replace(tnbc.model, interior=4, interior_target="distance"))
     assert load_train_config(ROOT / "configs" / "tnbc_macenko.toml") == dataclasses.replace(
         tnbc, stain_jitter=0.0, model=dataclasses.replace(tnbc.model, stain_norm="macenko"))
 

@@ -37,21 +37,37 @@ def model_target(mask: tf.Tensor) -> tf.Tensor:
     return tf.cast(mask > 0, tf.float32)
 
 
-def training_target(mask: tf.Tensor, interior: int) -> tf.Tensor:
-    """Integer masks (B, H, W, 1) as stored (uint16 from records, int32 labels) -> float32 (B, H, W, 1), or (B, H, W, 2) with `interior` > 0: the mask and
-    its interior, the pixels whose (2 * interior + 1)-px square holds only their own nucleus. For a
-    binary mask that is the mask eroded (min-pooling), which widens the 1-px gaps between touching
-    nuclei into a margin a U-Net can learn; for instance labels it also splits nuclei that touch with
-    no gap at all. interior = 0: the mask alone."""
-    target = model_target(mask)
+def training_target(mask: tf.Tensor, interior: int, target: str = "core") -> tf.Tensor:
+    """Integer masks (B, H, W, 1) as stored (uint16 from records, int32 labels) -> float32 (B, H, W, 1), or
+    (B, H, W, 2) with `interior` > 0: the mask and its interior target (config.InteriorTarget).
+
+    "core": 1 on the pixels whose (2 * interior + 1)-px square holds only their own nucleus. For a binary
+    mask that is the mask eroded (min-pooling), which widens the 1-px gaps between touching nuclei into a
+    margin a U-Net can learn; for instance labels it also splits nuclei that touch with no gap at all.
+    "distance": each nucleus pixel's depth -- the number of k in 1..interior whose (2k + 1)-px square holds
+    only its own nucleus (its Chebyshev distance to anything else, capped) -- divided by `interior`: 0 at
+    the border, 1 from `interior` px in, the "core" target where it is 1. Thresholding it at t picks the
+    core eroded by ceil(t * interior) px, so the erosion is chosen after training (core_threshold).
+    interior = 0: the mask alone."""
+    target_mask = model_target(mask)
     if interior <= 0:
-        return target
+        return target_mask
     labels = tf.cast(mask, tf.float32)  # labels <= 65535: exact in float32
-    window = 2 * interior + 1
-    high = tf.nn.max_pool2d(labels, window, 1, "SAME")
-    low = -tf.nn.max_pool2d(-labels, window, 1, "SAME")
-    core = tf.cast((high == low) & (labels > 0), tf.float32)
-    return tf.concat([target, core], axis=-1)
+    inside = labels > 0
+    if target == "core":
+        window = 2 * interior + 1
+        high = tf.nn.max_pool2d(labels, window, 1, "SAME")
+        low = -tf.nn.max_pool2d(-labels, window, 1, "SAME")
+        interior_map = tf.cast((high == low) & inside, tf.float32)
+    else:
+        # 3x3 pooling k times = a (2k + 1)-px square: the depths of every k for the price of `interior` pools
+        high, low, depth = labels, labels, tf.zeros_like(labels)
+        for _ in range(interior):
+            high = tf.nn.max_pool2d(high, 3, 1, "SAME")
+            low = -tf.nn.max_pool2d(-low, 3, 1, "SAME")
+            depth += tf.cast((high == low) & inside, tf.float32)
+        interior_map = depth / interior
+    return tf.concat([target_mask, interior_map], axis=-1)
 
 
 def shard_paths(records: Path, split: str, skip_bad: bool = False) -> list[str]:
@@ -124,7 +140,7 @@ STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops
 def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
                  ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0,
-                 stain_jitter: float = 0.0) -> tf.data.Dataset:
+                 interior_target: str = "core", stain_jitter: float = 0.0) -> tf.data.Dataset:
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
@@ -133,7 +149,7 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
     background), 'key', 'patient', 'op'} whole images, batched by `batch_size` (images of one batch must
     share a size); `ops` keeps only items of those ops.
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
-    `interior` > 0 adds the interior target channel to the training masks (see `training_target`);
+    `interior` > 0 adds the `interior_target` channel to the training masks (see `training_target`);
     `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
@@ -160,7 +176,7 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
         ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
         # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.
         ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
-        ds = ds.map(lambda x, y: (model_input(x), training_target(y, interior)),
+        ds = ds.map(lambda x, y: (model_input(x), training_target(y, interior, interior_target)),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         if ops:

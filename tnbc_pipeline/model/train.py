@@ -296,13 +296,15 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
     strategy = make_strategy(cfg.strategy)
     train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
                             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
-                            flip_rot=cfg.flip_rot, interior=cfg.model.interior, stain_jitter=cfg.stain_jitter)
+                            flip_rot=cfg.flip_rot, interior=cfg.model.interior,
+                            interior_target=cfg.model.interior_target, stain_jitter=cfg.stain_jitter)
     valid_ds = make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size, skip_bad=skip_bad,
                             ops=cfg.val_ops)
     n_valid = sum(int(b["key"].shape[0]) for b in valid_ds)  # Keras warns on a finite set of unknown size
     if n_valid == 0:
         raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
-    valid_ds = valid_ds.map(lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior)))
+    valid_ds = valid_ds.map(lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior,
+                                                                   cfg.model.interior_target)))
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
