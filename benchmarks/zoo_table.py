@@ -4,10 +4,10 @@
 
 Per model (one `tnbc cv --model NAME` folder each, same folds and budget): parameters, training images/s
 and peak RSS of the training process (each fold's done.json, mean over folds), Dice, IoU, AJI, F1@0.5, PQ
-as mean +- sd over the folds (cv_summary.json), the model's inference megapixels/s on the test images
-(eval_test/summary.json), the best epoch of each fold out of those run (a best epoch at the last one
-says the model was still improving when the budget ended: under-trained, see its history.csv), and the
-precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs that have it).
+as mean +- sd over the folds (the mean alone for one fold; cv_summary.json), the model's inference
+megapixels/s on the test images (eval_test/summary.json), the best epoch of each fold out of those run (a
+best epoch at the last one says the model was still improving when the budget ended: under-trained, see
+its history.csv), and the precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs that have it).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def model_row(folder: Path) -> str:
 
     cells = [name, f"{done[0].get('params', 0):,}", f"{mean([d['train_images_per_s'] for d in done]):.1f}",
              f"{mean([d.get('peak_rss_mb', float('nan')) for d in done]):.0f}",
-             *(f"{summary[k]['mean']:.3f} ± {summary[k]['sd']:.3f}" for k in METRICS),
+             *(f"{summary[k]['mean']:.3f}" + (f" ± {summary[k]['sd']:.3f}" if len(folds) > 1 else "")
+               for k in METRICS),
              f"{mean([s.get('predict_megapixels_per_s', float('nan')) for s in scored]):.2f}",
              " ".join(f"{d['best_epoch']}/{d['epochs_run']}" for d in done), " ".join(map(str, folds)),
              "/".join(sorted({d.get("precision", "float32") for d in done}))]
