@@ -51,9 +51,12 @@ def test_an_image_of_known_stains_maps_exactly_onto_the_reference() -> None:
     out = np.asarray(layer(np.concatenate(batch)))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, np.concatenate(wanted), atol=1e-5)
-    # white (no tissue) passes unchanged, whatever else is in the batch
+    # white (no tissue) and tissue of one colour (one stain twice) pass unchanged, whatever else is in the batch
     white = np.ones((1, 64, 64, 3), np.float32)
-    np.testing.assert_array_equal(np.asarray(layer(np.concatenate([white, batch[0]])))[0], white[0])
+    flat = np.full((1, 64, 64, 3), 0.5, np.float32) * np.asarray([0.6, 0.3, 0.7], np.float32)
+    out = np.asarray(layer(np.concatenate([white, flat, batch[0]])))
+    np.testing.assert_array_equal(out[:2], np.concatenate([white, flat]))
+    np.testing.assert_allclose(out[2], wanted[0][0], atol=1e-5)
 
 
 def test_a_model_behind_the_normaliser_trains_saves_and_reloads_in_mixed_precision(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ saved model carries it (safe_mode loads it). Per image of the batch (Macenko et 
     concentrations C = OD projected on the stains (least squares); C scaled so that its 99th percentile
       over all pixels becomes the reference's; RGB = exp(-C @ REF_STAINS), in [0, 1]
 
-An image with fewer than MIN_TISSUE tissue pixels passes unchanged (there is no stain to estimate). The
+An image with fewer than MIN_TISSUE tissue pixels, or whose tissue is one colour (the two stain vectors
+coincide), passes unchanged: there is nothing to estimate or separate. The
 reference is the one every public Macenko implementation ships (Veta's MATLAB code, torchstain, staintools:
 H = (0.5626, 0.7201, 0.4062), E = (0.2159, 0.8012, 0.5581), 99th-percentile concentrations 1.9705, 1.0308).
 Percentiles are nearest-rank. The statistics are the input's own: a training crop's, an image's, a tile's.
@@ -27,6 +28,7 @@ BETA = 0.15  # OD under this in any channel: background, not used to find the st
 PERCENTILE = 0.01  # the stain vectors sit at the 1st and 99th percentile angles (robust extremes)
 MAX_PERCENTILE = 0.99  # the concentration each image is scaled to match
 MIN_TISSUE = 64  # fewer tissue pixels than this: the image is returned unchanged
+MIN_DET = 1e-4  # stain vectors (unit) closer than ~0.6 degrees: one stain, the image is returned unchanged
 REF_STAINS = ((0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581))  # H, E optical densities per unit concentration
 REF_MAX = (1.9705, 1.0308)  # H, E 99th-percentile concentrations of the reference
 _FAR = 1e9  # sorts masked-out values after every real one
@@ -76,16 +78,18 @@ class MacenkoNormalize(layers.Layer):
         # least-squares concentrations: OD @ S (S^T S)^-1, the 2x2 inverse in closed form
         gram = ops.einsum("bik,bil->bkl", stains, stains)
         det = gram[:, 0, 0] * gram[:, 1, 1] - gram[:, 0, 1] * gram[:, 1, 0]
+        distinct = det > MIN_DET  # one colour of tissue gives one stain twice: nothing to separate
         inverse = ops.stack([ops.stack([gram[:, 1, 1], -gram[:, 0, 1]], -1),
-                             ops.stack([-gram[:, 1, 0], gram[:, 0, 0]], -1)], 1) / det[:, None, None]
+                             ops.stack([-gram[:, 1, 0], gram[:, 0, 0]], -1)], 1)
+        inverse = inverse / ops.where(distinct, det, 1.0)[:, None, None]
         conc = ops.einsum("bni,bik,bkl->bnl", od, stains, inverse)  # (B, N, 2)
         everywhere = ops.ones_like(tissue)
         high = ops.stack([_percentile(conc[..., k], everywhere, MAX_PERCENTILE) for k in range(2)], -1)
         scaled = conc * (ops.convert_to_tensor(REF_MAX, "float32") / ops.maximum(high, 1e-6))[:, None, :]
         out = ops.exp(-ops.einsum("bnk,ki->bni", scaled, ops.convert_to_tensor(REF_STAINS, "float32")))
         out = ops.reshape(ops.clip(out, 0.0, 1.0), shape)
-        enough = (ops.sum(ops.cast(tissue, "float32"), axis=1) >= MIN_TISSUE)[:, None, None, None]
-        return ops.where(enough, out, rgb)
+        usable = (ops.sum(ops.cast(tissue, "float32"), axis=1) >= MIN_TISSUE) & distinct & ops.all(high > 1e-6, -1)
+        return ops.where(usable[:, None, None, None], out, rgb)
 
     def compute_output_shape(self, shape):
         return shape
