@@ -305,8 +305,8 @@ class ModelConfig:
     dilation: int = 1  # unet_seed only: dilation at level 0, falling by 1 per level to 1
     dropout: float = 0.0  # unet: after each block's first conv; unet_seed: dropout * level
     batch_norm: bool = True  # BatchNorm after every conv (unet_seed: the old 'normalization' flag)
-    interior: int = 0  # > 0: a 2nd output channel learns each nucleus' core (mask eroded by this many px),
-    #                    whose components split touching nuclei at evaluation; 0: the mask channel only
+    interior: int = 0  # > 0: a 2nd output channel learns each nucleus' core (mask eroded by this many px; see
+    #                    interior_target), whose components split touching nuclei at evaluation; 0: the mask only
     encoder_weights: EncoderWeights = "none"  # efficient_unet / deeplabv3plus: "imagenet" downloads Keras' weights
     # "macenko": the model's first layer maps each input's stains to a fixed reference (model/stain_norm.py),
     # in training, eval and infer alike; "none": the image as it is

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tnbc_pipeline.config import InteriorTarget, choices
 from tnbc_pipeline.data.records import read_index, shard_problem
 from tnbc_pipeline.data.stain import stain_jitter_tf
 from tnbc_pipeline.errors import TnbcError
@@ -37,7 +38,7 @@ def model_target(mask: tf.Tensor) -> tf.Tensor:
     return tf.cast(mask > 0, tf.float32)
 
 
-def training_target(mask: tf.Tensor, interior: int, target: str = "core") -> tf.Tensor:
+def training_target(mask: tf.Tensor, interior: int, target: InteriorTarget = "core") -> tf.Tensor:
     """Integer masks (B, H, W, 1) as stored (uint16 from records, int32 labels) -> float32 (B, H, W, 1), or
     (B, H, W, 2) with `interior` > 0: the mask and its interior target (config.InteriorTarget).
 
@@ -59,7 +60,7 @@ def training_target(mask: tf.Tensor, interior: int, target: str = "core") -> tf.
         high = tf.nn.max_pool2d(labels, window, 1, "SAME")
         low = -tf.nn.max_pool2d(-labels, window, 1, "SAME")
         interior_map = tf.cast((high == low) & inside, tf.float32)
-    else:
+    elif target == "distance":
         # 3x3 pooling k times = a (2k + 1)-px square: the depths of every k for the price of `interior` pools
         high, low, depth = labels, labels, tf.zeros_like(labels)
         for _ in range(interior):
@@ -67,6 +68,8 @@ def training_target(mask: tf.Tensor, interior: int, target: str = "core") -> tf.
             low = -tf.nn.max_pool2d(-low, 3, 1, "SAME")
             depth += tf.cast((high == low) & inside, tf.float32)
         interior_map = depth / interior
+    else:
+        raise TnbcError(f"unknown interior target {target!r} (expected {' | '.join(choices(InteriorTarget))})")
     return tf.concat([target_mask, interior_map], axis=-1)
 
 
@@ -140,7 +143,7 @@ STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops
 def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
                  ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0,
-                 interior_target: str = "core", stain_jitter: float = 0.0) -> tf.data.Dataset:
+                 interior_target: InteriorTarget = "core", stain_jitter: float = 0.0) -> tf.data.Dataset:
     """The dataset of a split.
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
