@@ -73,6 +73,30 @@ def test_every_model_builds_learns_and_reloads(name: str, tmp_path: Path) -> Non
         assert momenta == (set() if name == "swin_unet" else {BN_MOMENTUM}), (name, momenta)
 
 
+def test_every_model_trained_in_bfloat16_loads_where_the_global_policy_is_float32(tmp_path: Path) -> None:
+    """train() runs under mixed_bfloat16 on CPUs with native bf16 and restores float32 after; eval then loads
+    the model. Every layer must keep the policy it was saved with: a Swin block's sublayers took the global
+    float32 at load time and its residual sum failed (bfloat16 + float32), so the fold's eval failed."""
+    from tnbc_pipeline.tf_env import tf  # noqa: F401
+
+    import keras
+
+    from tnbc_pipeline.model.registry import build
+
+    x = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)  # every model's stride divides 256
+    for name, cfg in ZOO.items():
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            keras.utils.set_random_seed(0)
+            model = build(cfg)
+            want = model.predict(x, verbose=0)
+            model.save(tmp_path / f"{name}.keras")
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        again = keras.saving.load_model(tmp_path / f"{name}.keras", safe_mode=True)
+        assert np.array_equal(again.predict(x, verbose=0), want), name
+
+
 def test_a_revised_builder_is_in_the_identity_and_the_others_keep_theirs() -> None:
     from tnbc_pipeline.model.registry import MODELS
     from tnbc_pipeline.model.train import identity_extras

@@ -54,12 +54,13 @@ class SwinBlock(layers.Layer):
     def __init__(self, dim: int, heads: int, window: int = WINDOW, shift: int = 0, mlp_ratio: int = 4, **kwargs) -> None:
         super().__init__(**kwargs)
         self.dim, self.heads, self.window, self.shift, self.mlp_ratio = dim, heads, window, shift, mlp_ratio
-        self.norm1 = layers.LayerNormalization(epsilon=1e-5, name="norm1")
-        self.qkv = layers.Dense(3 * dim, name="qkv")
-        self.proj = layers.Dense(dim, name="proj")
-        self.norm2 = layers.LayerNormalization(epsilon=1e-5, name="norm2")
-        self.fc1 = layers.Dense(mlp_ratio * dim, activation="gelu", name="fc1")
-        self.fc2 = layers.Dense(dim, name="fc2")
+        policy = self.dtype_policy  # sublayers take the block's policy, not the global one at load time
+        self.norm1 = layers.LayerNormalization(epsilon=1e-5, name="norm1", dtype=policy)
+        self.qkv = layers.Dense(3 * dim, name="qkv", dtype=policy)
+        self.proj = layers.Dense(dim, name="proj", dtype=policy)
+        self.norm2 = layers.LayerNormalization(epsilon=1e-5, name="norm2", dtype=policy)
+        self.fc1 = layers.Dense(mlp_ratio * dim, activation="gelu", name="fc1", dtype=policy)
+        self.fc2 = layers.Dense(dim, name="fc2", dtype=policy)
         self.index = _relative_index(window)
 
     def build(self, input_shape) -> None:
@@ -121,8 +122,8 @@ class PatchMerging(layers.Layer):
     def __init__(self, dim: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.dim = dim
-        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
-        self.reduce = layers.Dense(2 * dim, use_bias=False, name="reduce")
+        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm", dtype=self.dtype_policy)
+        self.reduce = layers.Dense(2 * dim, use_bias=False, name="reduce", dtype=self.dtype_policy)
 
     def build(self, input_shape) -> None:
         self.norm.build((None, None, None, 4 * self.dim))
@@ -145,8 +146,8 @@ class PatchExpand(layers.Layer):
     def __init__(self, dim: int, factor: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.dim, self.factor = dim, factor
-        self.expand = layers.Dense(factor * factor * dim, use_bias=False, name="expand")
-        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.expand = layers.Dense(factor * factor * dim, use_bias=False, name="expand", dtype=self.dtype_policy)
+        self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm", dtype=self.dtype_policy)
 
     def build(self, input_shape) -> None:
         self.expand.build(input_shape)
