@@ -95,6 +95,16 @@ def test_every_model_trained_in_bfloat16_loads_where_the_global_policy_is_float3
             keras.mixed_precision.set_global_policy("float32")
         again = keras.saving.load_model(tmp_path / f"{name}.keras", safe_mode=True)
         assert np.array_equal(again.predict(x, verbose=0), want), name
+    # ...and in a fresh process, as `tnbc eval` / `infer` load a finished run: registry.load registers the
+    # custom layers first (a Swin run's eval failed with "Could not locate class 'SwinBlock'")
+    import subprocess
+    import sys
+
+    code = ("import sys; from tnbc_pipeline.model.registry import load; "
+            "[load(p) for p in sys.argv[1:]]; print(len(sys.argv) - 1)")
+    done = subprocess.run([sys.executable, "-c", code, *sorted(map(str, tmp_path.glob("*.keras")))],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.split()[-1] == str(len(ZOO)), done.stderr[-2000:]
 
 
 def test_a_revised_builder_is_in_the_identity_and_the_others_keep_theirs() -> None:

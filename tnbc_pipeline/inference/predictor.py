@@ -60,9 +60,7 @@ class RunModel:
     """A trained run: its model and how to call it on one image."""
 
     def __init__(self, run_dir: Path, tta: bool = False) -> None:
-        import keras
-
-        from tnbc_pipeline.model import losses  # noqa: F401 - registers the custom objects
+        from tnbc_pipeline.model.registry import load
         from tnbc_pipeline.tf_env import tf  # noqa: F401 - Keras' TensorFlow backend
 
         self.run_dir, self.tta = Path(run_dir), tta
@@ -75,7 +73,7 @@ class RunModel:
             raise TnbcError(f"{config_path}: missing or malformed run config")
         self.config: TrainConfig = from_dict(TrainConfig, record.get("config"), str(config_path))
         try:
-            self.model = keras.saving.load_model(path, safe_mode=True)
+            self.model = load(path)
         except Exception as exc:  # Keras raises bare ValueError/TypeError for unsafe or broken files
             raise TnbcError(f"{path}: cannot load the model safely ({str(exc).splitlines()[0][:200]})") from exc
         self.model_sha256 = sha256_file(path)

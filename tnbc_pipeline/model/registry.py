@@ -8,8 +8,10 @@ project's head: one sigmoid channel per entry of the output-channel map (mask, t
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
@@ -94,6 +96,18 @@ def revision(m: ModelConfig) -> dict[str, int]:
     """For identities: {"model_revision": r} once the builder of `m` was revised, else {}."""
     r = MODELS[m.name].revision
     return {"model_revision": r} if r else {}
+
+
+# Every module that registers custom objects a saved model may hold (layers, losses, metrics). Keras finds
+# them only once registered, and a fresh process (tnbc eval / infer of a finished run) has imported none.
+CUSTOM_MODULES = ("losses", "unet", "multires", "unet3plus", "swin", "backbones", "stain_norm")
+
+
+def load(path: Path) -> keras.Model:
+    """A model.keras of any zoo model, loaded with safe_mode (Keras' errors propagate)."""
+    for name in CUSTOM_MODULES:
+        importlib.import_module(f"tnbc_pipeline.model.{name}")
+    return keras.saving.load_model(path, safe_mode=True)
 
 
 def build(m: ModelConfig) -> keras.Model:
