@@ -194,8 +194,7 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--interior-target", type=click.Choice(choices(InteriorTarget)),
               help="What the interior channel learns: the eroded core, or the depth in the nucleus capped at --interior px.")
 @click.option("--stain-jitter", type=float, help="HED stain jitter sigma of every training crop (0: off).")
-@click.option("--stain-norm", type=click.Choice(choices(StainNorm)),
-              help="Stain normalisation as the model's first layer (macenko) or none.")
+@click.option("--stain-norm", type=click.Choice(choices(StainNorm)), help="Stain normalisation as the first layer.")
 @click.option("--epochs", type=int)
 @click.option("--steps-per-epoch", type=int)
 @click.option("--batch-size", type=int, help="Global batch size.")
@@ -219,8 +218,8 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
     from tnbc_pipeline.model.train import train as run_training
 
     flags = {"model.name": model_name, "model.interior": interior, "model.interior_target": interior_target,
-             "stain_jitter": stain_jitter, "model.stain_norm": stain_norm, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-             "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
+             "stain_jitter": stain_jitter, "model.stain_norm": stain_norm, "epochs": epochs, "steps_per_epoch":
+             steps_per_epoch, "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
              "strategy": strategy, "precision": precision, "jit": jit}
     cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})
     run_dir = run_dir or Path("runs") / (config_path.stem if config_path else "default")

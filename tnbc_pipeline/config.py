@@ -1,27 +1,24 @@
 """Stage configuration: frozen dataclasses, loaded from TOML, overridden by CLI flags, saved as JSON.
 
-The loader is generic over the dataclasses: unknown keys and wrong types are errors naming the file
-and the key, and each dataclass validates its own ranges in `__post_init__`.
+The loader (config_io.py, re-exported here) is generic over the dataclasses: unknown keys and wrong types
+are errors naming the file and the key, and each dataclass validates its own ranges in `__post_init__`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
-import json
 import math
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+# the loader lives in config_io; the stages import it from here, with the dataclasses it loads
+from tnbc_pipeline.config_io import (LATER, config_hash, from_dict, identity_dict, load_config,  # noqa: F401
+                                     merge, to_dict)
 from tnbc_pipeline.errors import TnbcError
 
 SPLITS = ("train", "valid", "test")
-T = TypeVar("T")
 
 # Every named choice, written once: the dataclasses check against these and the click choices derive
 # from them (`choices(LossName)`), so a name cannot drift between the config and the command line.
@@ -176,109 +173,6 @@ class DatasetConfig:
             _check_choice(getattr(self, name), literal, name, what)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check one TOML/CLI value against a field's type hint; return it in the field's type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:  # the dataclass names the unknown choice; here only the type is checked
-        if not isinstance(value, str):
-            raise TnbcError(f"{key}: expected one of {' | '.join(args)}, got {type(value).__name__} {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise TnbcError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise TnbcError(f"{key}: must be a finite number, got {value}")
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    raise TnbcError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
-    """Build dataclass `cls` from a nested dict; `where` (a file or 'command line') prefixes errors."""
-    if not isinstance(data, dict):
-        raise TnbcError(f"{where}: [{prefix.rstrip('.')}] must be a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in names:
-            raise TnbcError(f"{where}: unknown key '{prefix}{key}'")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        try:
-            if dataclasses.is_dataclass(hint):
-                kwargs[key] = from_dict(hint, value, where, f"{prefix}{key}.")
-            else:
-                kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
-        except TnbcError as exc:
-            raise TnbcError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
-    try:
-        return cls(**kwargs)
-    except TnbcError as exc:
-        raise TnbcError(f"{where}: {exc}") from None
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Apply dotted-key overrides ('augment.alpha': [90.0]) onto a nested dict."""
-    out = json.loads(json.dumps(base))
-    for dotted, value in overrides.items():
-        node = out
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
-
-
-def load_config(cls: type[T], path: Path | None, overrides: dict[str, Any] | None = None) -> T:
-    """TOML file (optional) + dotted CLI overrides -> validated frozen `cls`."""
-    data: dict[str, Any] = {}
-    where = "command line"
-    if path is not None:
-        from tnbc_pipeline.io import read_text
-
-        try:
-            data = tomllib.loads(read_text(Path(path), 1024 * 1024))
-        except tomllib.TOMLDecodeError as exc:
-            raise TnbcError(f"{path}: invalid TOML ({str(exc)[:200]})") from exc
-        from_dict(cls, data, str(path))  # report file errors against the file, before overrides
-        where = f"{path} + command line"
-    return from_dict(cls, _merge(data, overrides or {}), where)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-# Metadata of a setting added after identities were first recorded: identities leave it out while it is
-# at its default, so every output made before it existed keeps its identity (and is still reused).
-LATER = {"identity": "omit_at_default"}
-
-
-def identity_dict(cfg: Any) -> dict[str, Any]:
-    """`to_dict` for identities: the LATER settings at their defaults left out, nested configs likewise."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.metadata.get("identity") == LATER["identity"] and value == f.default:
-            continue
-        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
-    return out
-
-
-def config_hash(cfg: Any) -> str:
-    """sha256 of the canonical JSON of a config: equal settings give equal hashes."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class RecordsConfig:
     """How `tnbc records` packs the dataset into TFRecord shards."""
@@ -424,5 +318,5 @@ def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None
 
         data = read_legacy_ini(Path(path))
         from_dict(TrainConfig, data, str(path))
-        return from_dict(TrainConfig, _merge(data, overrides or {}), f"{path} + command line")
+        return from_dict(TrainConfig, merge(data, overrides or {}), f"{path} + command line")
     return load_config(TrainConfig, path, overrides)
