@@ -8,6 +8,8 @@ as mean +- sd over the folds (the mean alone for one fold; cv_summary.json), the
 megapixels/s on the test images (eval_test/summary.json), the best epoch of each fold out of those run (a
 best epoch at the last one says the model was still improving when the budget ended: under-trained, see
 its history.csv), and the precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs that have it).
+A second table gives each model's learning curve: training loss and valid Dice at every epoch, mean over
+the folds -- where a model still climbs at the last epoch, the budget, not the architecture, limited it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from tnbc_pipeline.report import read_history
 
 METRICS = ("dice", "iou", "aji", "f1", "pq")
 
@@ -39,12 +43,33 @@ def model_row(folder: Path) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def curve_row(folder: Path) -> str:
+    """One model's learning curve: 'loss / valid Dice' at each epoch, mean over its folds' history.csv."""
+    summary = json.loads((folder / "cv_summary.json").read_text())
+    histories = [read_history(folder / f"fold{i}" / "run" / "history.csv")
+                 for i in summary["settings"]["evaluated_folds"]]
+    epochs = min(len(h) for h in histories)  # folds of one model share the budget; a cut-short one limits it
+
+    def mean(key: str, epoch: int) -> float:
+        return sum(h[epoch][key] for h in histories) / len(histories)
+
+    cells = [summary["settings"]["train_config"]["model"]["name"],
+             *(f"{mean('loss', e):.3f} / {mean('val_dice_coef', e):.2f}" for e in range(epochs))]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main(folders: list[str]) -> None:
     print("| model | params | train img/s | peak RSS MB | Dice | IoU | AJI | F1@0.5 | PQ | infer MP/s "
           "| best epoch / run | folds | precision |")
     print("|" + "---|" * 13)
     for folder in folders:
         print(model_row(Path(folder)))
+    rows = [curve_row(Path(folder)) for folder in folders]
+    width = max(row.count("|") - 2 for row in rows)  # epochs shown
+    print("\n| model (training loss / valid Dice, mean over folds) | "
+          + " | ".join(f"epoch {e + 1}" for e in range(width)) + " |")
+    print("|" + "---|" * (width + 1))
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

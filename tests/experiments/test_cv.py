@@ -41,13 +41,19 @@ def test_cross_validation_tests_every_patient_once_and_resumes(release_root: Pat
         assert (made[i]["run_identity"], made[i]["eval_identity"]) == (run_id, eval_id)
     assert json.loads((out / "cv_summary.json").read_text())["dice"]["folds"] == summary["dice"]["folds"]
     assert (out / "cv_metrics.png").stat().st_size > 0
-    from benchmarks.zoo_table import model_row  # the zoo's table reads exactly these files
+    from benchmarks.zoo_table import curve_row, model_row  # the zoo's tables read exactly these files
 
     done = json.loads((out / "fold0" / "run" / "done.json").read_text())
     row = model_row(out).split(" | ")
     assert row[0] == "| unet" and row[1] == f"{done['params']:,}" and done["params"] > 0 and done["peak_rss_mb"] > 0
     assert row[4] == f"{summary['dice']['mean']:.3f} ± {summary['dice']['sd']:.3f}"
     assert row[-1] == f"{done['precision']} |"  # every fold in the same precision here
+    from tnbc_pipeline.report import read_history
+
+    histories = [read_history(out / f"fold{i}" / "run" / "history.csv") for i in range(3)]
+    curve = curve_row(out).split(" | ")  # TINY trains one epoch: the three folds' mean loss / valid Dice
+    assert curve[1] == (f"{np.mean([h[0]['loss'] for h in histories]):.3f} / "
+                        f"{np.mean([h[0]['val_dice_coef'] for h in histories]):.2f} |")
     stamp = (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns
     again = cross_validate(release_root, out, 3, DATA, TINY, workers=1, progress=False)
     assert again["dice"] == summary["dice"]  # nothing retrained or re-scored
