@@ -266,7 +266,7 @@ def test_full_disk_during_records_is_one_line(dataset: Path, tmp_path: Path, mon
 
 
 def test_a_malformed_tf_config_is_one_line() -> None:
-    from tnbc_pipeline.model.train import check_tf_config
+    from tnbc_pipeline.model.distribute import check_tf_config
 
     good = '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}'
     assert check_tf_config(good)["task"]["index"] == 1

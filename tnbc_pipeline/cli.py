@@ -202,7 +202,7 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--lr", type=float, help="Initial learning rate.")
 @click.option("--loss", type=click.Choice(choices(LossName)))
 @click.option("--seed", type=int)
-@click.option("--strategy", type=click.Choice(choices(StrategyName)))
+@click.option("--strategy", type=click.Choice(choices(StrategyName)), help="multi_worker: TF_CONFIG, see README.")
 @click.option("--precision", type=click.Choice(choices(PrecisionName)))
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the training step.")
 @click.option("--skip-bad-shards", is_flag=True, help="Leave out corrupted shards with a warning.")

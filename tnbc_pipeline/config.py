@@ -267,7 +267,7 @@ class TrainConfig:
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
-    strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device
+    strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device; multi_worker: TF_CONFIG
     precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs (cc >= 7), mixed_bfloat16 on CPUs with native bf16, else float32
     jit: bool = False  # XLA-compile the train step (helps on GPUs; off by default since it is off on CPU)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -90,7 +90,10 @@ class EpochInference(keras.callbacks.Callback):
         if not len(self.images):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        pred = self.model.predict(self.images, batch_size=1, verbose=0)[..., MASK_CHANNEL]
+        # one plain call per image, not predict(): under a multi-worker strategy predict is a collective
+        # step that every worker must join, and only the chief's images matter
+        pred = np.stack([keras.ops.convert_to_numpy(self.model(img[None], training=False))[0, ..., MASK_CHANNEL]
+                         for img in self.images])
         rows = [[img, msk, p] for img, msk, p in zip(self.images, self.masks, pred)]
         image_grid(rows, ["image", "truth", f"prediction (epoch {epoch + 1})"], self.out_dir / f"epoch_{epoch + 1:03d}.png",
                    row_labels=self.keys)

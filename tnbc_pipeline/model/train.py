@@ -22,13 +22,14 @@ GPUs, several devices and different TensorFlow builds may differ in the last bit
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import io
 import logging
-import os
 import resource
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, to_dict
 from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.model.distribute import (fit_under_multi_worker, is_chief, is_multi_worker, make_strategy,
+                                             shard_by_data)
 from tnbc_pipeline.io import atomic_write_bytes, folder_lock, read_json, recover_dir, write_json
 from tnbc_pipeline.report import read_history
 from tnbc_pipeline.tf_env import tf
@@ -46,51 +49,6 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("identity.json", "config.json", "model.keras", "backup", "history.csv", "train_losses.png",
              "train_metrics.png", "epoch_infer", "tensorboard", "done.json",
              "postprocess.json", "threshold.json")  # the last two: eval's choice for this model (and its old name)
-
-
-# Measured 2026-11-27 with two workers on 127.0.0.1 (TF 2.21, Keras 3.15): with the strategy made first,
-# the cluster forms, but Keras 3's fit then fails twice inside itself under MultiWorkerMirroredStrategy --
-# its shape probe all-reduces a PerReplica input batch, and its step reduces scalar metrics with
-# reduce("MEAN", axis=0) -- (keras-team/keras#20585, open). Refused in one line until Keras supports it.
-MULTI_WORKER_BLOCKED = ("strategy multi_worker: Keras 3's fit does not run under MultiWorkerMirroredStrategy "
-                        "(keras-team/keras#20585); train on one machine (--strategy mirrored for several GPUs)")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """auto: MirroredStrategy over several GPUs, else the default (one device). multi_worker must be made
-    before any other TensorFlow work (collective ops are configured at program start), so it is checked
-    first -- even listing devices would be too late."""
-    if name == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG"))
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    return tf.distribute.get_strategy()
-
-
-def check_tf_config(text: str | None) -> dict[str, Any]:
-    """TF_CONFIG for multi_worker, checked before TensorFlow reads it: JSON with a cluster of worker
-    addresses and this task's type and index within it. Anything else is a one-line TnbcError."""
-    import json
-
-    if not text:
-        raise TnbcError("strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
-    try:
-        cfg = json.loads(text)
-    except ValueError as exc:
-        raise TnbcError(f"TF_CONFIG: not JSON ({str(exc)[:100]})") from None
-    cluster, task = (cfg.get("cluster"), cfg.get("task")) if isinstance(cfg, dict) else (None, None)
-    if not (isinstance(cluster, dict) and cluster and all(
-            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(a, str) for a in v)
-            for k, v in cluster.items())):
-        raise TnbcError("TF_CONFIG: 'cluster' must map job names to lists of 'host:port' addresses")
-    if not (isinstance(task, dict) and task.get("type") in cluster and type(task.get("index")) is int
-            and 0 <= task["index"] < len(cluster[task["type"]])):
-        raise TnbcError("TF_CONFIG: 'task' must name a job of the cluster and an index within it")
-    return cfg
 
 
 def cpu_has_bf16() -> bool:
@@ -254,32 +212,52 @@ def train(records: Path, run_dir: Path, cfg: TrainConfig, force: bool = False, s
           progress: bool = True, replace_stale: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir` on the train/valid shards of `records`; return done.json.
     A lock beside the run folder makes a second run on it fail at once. `force`: start over whatever the
-    folder holds; `replace_stale`: start over only a run of another identity (instead of refusing it)."""
+    folder holds; `replace_stale`: start over only a run of another identity (instead of refusing it).
+    Under `strategy = "multi_worker"` only the chief writes `run_dir` (model/distribute.py)."""
     records, run_dir = Path(records), Path(run_dir)
     index_sha256(records)  # bad records are refused before anything is written, the lock included
-    if cfg.strategy == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG"))  # one line on a bad TF_CONFIG first
-        raise TnbcError(MULTI_WORKER_BLOCKED)
+    # multi_worker: the strategy before any other TensorFlow work (collectives are configured at start-up)
+    strategy = make_strategy(cfg.strategy) if cfg.strategy == "multi_worker" else None
     import keras
 
     previous = keras.mixed_precision.global_policy()
     try:
+        if strategy is not None and not is_chief(strategy):
+            return _train_worker(records, run_dir, cfg, strategy, force, skip_bad, progress, replace_stale)
         with folder_lock(run_dir):
-            return _train_locked(records, run_dir, cfg, force, skip_bad, progress, replace_stale)
+            return _train_locked(records, run_dir, cfg, strategy, force, skip_bad, progress, replace_stale)
     finally:  # what runs next in this process (a peer, a model built by hand) gets the policy it had
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, skip_bad: bool,
+def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, force: bool, skip_bad: bool,
                   progress: bool, replace_stale: bool) -> dict[str, Any]:
-    import keras
+    """A multi-worker task other than the chief: decides as the chief does (refuse another run's folder,
+    reuse a finished one, resume an unfinished one) by reading `run_dir` only, and trains in a temporary
+    folder -- seeded with a copy of the chief's resume state -- that is removed when it ends."""
+    wanted = run_identity(records, cfg, precision_policy(cfg.precision))
+    old = None if force else identity.read(run_dir)
+    resume = old is not None and old.digest == wanted.digest
+    if old is not None and not resume and not replace_stale:
+        raise TnbcError(identity.describe(run_dir, identity.differences(old, wanted))
+                        + "; use --force to start over, or another --run-dir")
+    if resume and (run_dir / "done.json").exists():
+        return read_done(run_dir)
+    scratch = Path(tempfile.mkdtemp(prefix="tnbc-worker-"))
+    try:
+        if resume and (run_dir / "backup").is_dir():
+            shutil.copytree(run_dir / "backup", scratch / "backup")
+            if (run_dir / "history.csv").exists():
+                shutil.copy2(run_dir / "history.csv", scratch / "history.csv")
+        return _fit(records, scratch, cfg, strategy, skip_bad, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    from tnbc_pipeline.data.pipeline import make_dataset, training_target
-    from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
 
+def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, force: bool, skip_bad: bool,
+                  progress: bool, replace_stale: bool) -> dict[str, Any]:
     index = read_index(records)
-    policy = precision_policy(cfg.precision)
-    wanted = run_identity(records, cfg, policy)
+    wanted = run_identity(records, cfg, precision_policy(cfg.precision))
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
               "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256"),
               "records_index_sha256": wanted.inputs["records_index"]}
@@ -287,13 +265,25 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
         log.info("%s: already trained with these settings and records (identity %s); reusing it",
                  run_dir, wanted.digest[:12])
         return read_done(run_dir)
+    return _fit(records, run_dir, cfg, strategy, skip_bad, progress)
+
+
+def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad: bool,
+         progress: bool) -> dict[str, Any]:
+    """Train into `run_dir` (prepared: identity and config written; or a worker's scratch); done.json."""
+    import keras
+
+    from tnbc_pipeline.data.pipeline import make_dataset, training_target
+    from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
+
+    policy = precision_policy(cfg.precision)
     history_csv = run_dir / "history.csv"
     trim_history(history_csv, completed_epochs(run_dir / "backup"))
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(policy)
-    strategy = make_strategy(cfg.strategy)
+    strategy = strategy or make_strategy(cfg.strategy)
     train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
                             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
                             flip_rot=cfg.flip_rot, interior=cfg.model.interior,
@@ -305,9 +295,14 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
         raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
     valid_ds = valid_ds.map(lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior,
                                                                    cfg.model.interior_target)))
+    multi_worker = is_multi_worker(strategy)
+    if multi_worker:
+        train_ds, valid_ds = shard_by_data(train_ds), shard_by_data(valid_ds)
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
+    if multi_worker:
+        fit_under_multi_worker(model)
 
     plateau = cfg.schedule == "plateau"
     callbacks = [
@@ -329,9 +324,10 @@ def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, force: bool, s
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
 
     start = time.perf_counter()
-    fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, validation_data=valid_ds,
-                    validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
-                    verbose=1 if progress else 2)
+    with strategy.scope() if multi_worker else contextlib.nullcontext():  # multi_worker: see distribute.py
+        fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, validation_data=valid_ds,
+                        validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
+                        verbose=1 if progress else 2)
     seconds = time.perf_counter() - start
     history = read_history(history_csv)
     if plateau:
