@@ -19,8 +19,8 @@ from tnbc_pipeline.data.records import build_records
 from tnbc_pipeline.report import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
-TOML = """epochs = {epochs}\nsteps_per_epoch = {steps}\nbatch_size = 4\npatch = 32\nval_batch_size = 2
-epoch_infer = 1\nshuffle_buffer = 16\nstrategy = "multi_worker"\n[model]\nlevels = 2\nbase_filters = 4\n"""
+TOML = """epochs = {epochs}\nsteps_per_epoch = {steps}\nbatch_size = 4\npatch = 32\nval_batch_size = {val}
+epoch_infer = 1\nshuffle_buffer = 16\nstrategy = "multi_worker"\nprecision = "float32"\n[model]\nlevels = 2\nbase_filters = 4\n"""
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,48 @@ def _train_cmd(records: Path, run: Path, config: Path) -> list[str]:
             str(records), "--run-dir", str(run)]
 
 
+def _evaluate_alone(run: Path, records: Path) -> dict[str, float]:
+    """The saved model evaluated in this one process on the valid originals, batched as the run's config says."""
+    from tnbc_pipeline.config import TrainConfig, from_dict
+    from tnbc_pipeline.data.pipeline import make_dataset, training_target
+    from tnbc_pipeline.model.registry import load
+
+    cfg = from_dict(TrainConfig, json.loads((run / "config.json").read_text())["config"], "config.json")
+    valid = make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size, ops=cfg.val_ops).map(
+        lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior, cfg.model.interior_target)))
+    return load(run / "model.keras").evaluate(valid, verbose=0, return_dict=True)
+
+
+def test_whole_validation_logs_what_evaluate_computes(records: Path) -> None:
+    """The multi-worker validation callback, in one process: Keras' own val_loss and counting metrics."""
+    import keras
+
+    from tnbc_pipeline.config import ModelConfig, TrainConfig
+    from tnbc_pipeline.data.pipeline import make_dataset, training_target
+    from tnbc_pipeline.model import losses
+    from tnbc_pipeline.model.callbacks import WholeValidation
+    from tnbc_pipeline.model.train import build_model, compile_model
+
+    cfg = TrainConfig(val_batch_size=5, model=ModelConfig(levels=2, base_filters=4))
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    compile_model(model, cfg)
+    valid = make_dataset(records, "valid", training=False, batch_size=5, ops=("original",)).map(
+        lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior, cfg.model.interior_target)))
+    batches = list(valid.as_numpy_iterator())
+    assert [len(x) for x, _ in batches] == [5, 1]
+    callback, logs = WholeValidation(batches, losses.LOSSES[cfg.loss], losses.metrics), {"loss": 1.0}
+    callback.set_model(model)
+    callback.on_epoch_end(0, logs)
+    kept = model.evaluate(valid, verbose=0, return_dict=True)
+    for name in ("loss", "binary_accuracy", "precision", "recall"):
+        assert logs[f"val_{name}"] == pytest.approx(kept[name], rel=1e-6)
+    assert logs["loss"] == 1.0 and sorted(logs) == sorted(["loss"] + [f"val_{k}" for k in kept])
+
+
 def test_two_workers_train_one_run_that_only_the_chief_writes(records: Path, tmp_path: Path) -> None:
     config = tmp_path / "mw.toml"
-    config.write_text(TOML.format(epochs=2, steps=3))
+    config.write_text(TOML.format(epochs=2, steps=3, val=5))  # 6 valid images: 5 + 1, one worker none
     run = tmp_path / "run"
     _finish(_start(_train_cmd(records, run, config), tmp_path))
     done = json.loads((run / "done.json").read_text())
@@ -78,7 +117,12 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(records: Path, tmp
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["identity.json", "config.json", "model.keras", "history.csv", "train_losses.png",
          "train_metrics.png", "epoch_infer", "done.json"] + (["tensorboard"] if (run / "tensorboard").exists() else []))
-    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [0, 1]
+    history = read_history(run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    # validated on all 6 valid images (5 + 1: sharded, one worker would get none): the logged val_loss is the
+    # mean of the workers' (each its own BatchNorm statistics), within 1% of the chief's kept model alone
+    kept = _evaluate_alone(run, records)
+    assert history[done["best_epoch"] - 1]["val_loss"] == pytest.approx(kept["loss"], rel=1e-2)
     assert list((tmp_path / "tmp1").iterdir()) == []  # worker 1's scratch run folder was removed
     # beside the run: the chief's lock, as on one machine, and nothing of worker 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "mw.toml", "run", "tmp0", "tmp1"]
@@ -121,7 +165,7 @@ def test_each_global_batch_is_split_across_the_workers(records: Path, tmp_path: 
 
 def test_a_killed_worker_then_a_rerun_of_every_worker_resumes_from_the_backup(records: Path, tmp_path: Path) -> None:
     config = tmp_path / "mw.toml"
-    config.write_text(TOML.format(epochs=5, steps=20))
+    config.write_text(TOML.format(epochs=5, steps=20, val=2))
     run = tmp_path / "run"
     cmd = _train_cmd(records, run, config)
     procs = _start(cmd, tmp_path)

@@ -97,3 +97,33 @@ class EpochInference(keras.callbacks.Callback):
         rows = [[img, msk, p] for img, msk, p in zip(self.images, self.masks, pred)]
         image_grid(rows, ["image", "truth", f"prediction (epoch {epoch + 1})"], self.out_dir / f"epoch_{epoch + 1:03d}.png",
                    row_labels=self.keys)
+
+
+class WholeValidation(keras.callbacks.Callback):
+    """fit's validation, done by every worker on the whole valid set with plain model calls (multi-worker
+    training). Sharding a few valid images across workers leaves some worker an empty batch, which fails,
+    and not sharding them makes each worker validate only its share of the steps. The trained weights are the
+    same on every worker but BatchNorm's moving statistics are each worker's own (Keras keeps them per
+    replica); the metric state, made under the strategy, is summed across workers when read, so every worker
+    logs the same val_* -- the workers' mean -- and EarlyStopping / ReduceLROnPlateau agree.
+    `batches`: (images float32 (B, H, W, 3), targets (B, H, W, C)); `loss`: the compiled loss function;
+    `make_metrics`: fresh compile() metrics. Must come first in the callback list: the others read its logs."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]], loss, make_metrics) -> None:
+        super().__init__()
+        self.batches, self.loss, self.make_metrics = batches, loss, make_metrics
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        loss = keras.metrics.Mean()
+        metrics = [m if isinstance(m, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(m, name=m.__name__)
+                   for m in self.make_metrics()]  # as compile() wraps metric functions
+        for images, targets in self.batches:
+            pred = self.model(images, training=False)
+            loss.update_state(self.loss(targets, pred), sample_weight=len(images))  # as fit weighs batches
+            for metric in metrics:
+                metric.update_state(targets, pred)
+        logs["val_loss"] = float(loss.result())
+        logs.update({f"val_{m.name}": float(m.result()) for m in metrics})
+

@@ -4,7 +4,8 @@ Several machines (`multi_worker`): every worker runs the same `tnbc train` comma
 `--run-dir` and its own TF_CONFIG. The chief (task "chief", else worker 0) alone writes the run folder;
 each other worker trains in a temporary folder that is removed when it ends, reading only the chief's
 resume state. The input pipeline is sharded by data, so each global batch is split across the workers
-and every crop of it is seen once per step.
+and every crop of it is seen once per step; every worker validates on the whole valid set itself
+(callbacks.WholeValidation).
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
     import keras
 
     from tnbc_pipeline.data.pipeline import make_dataset, training_target
-    from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference
+    from tnbc_pipeline.model import losses
+    from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference, WholeValidation
 
     policy = precision_policy(cfg.precision)
     history_csv = run_dir / "history.csv"
@@ -297,7 +298,7 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
                                                                    cfg.model.interior_target)))
     multi_worker = is_multi_worker(strategy)
     if multi_worker:
-        train_ds, valid_ds = shard_by_data(train_ds), shard_by_data(valid_ds)
+        train_ds = shard_by_data(train_ds)
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
@@ -314,6 +315,8 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
         Curves(history_csv, run_dir),
         EpochInference(*_epoch_samples(records, "valid", cfg.epoch_infer), run_dir / "epoch_infer"),
     ]
+    if multi_worker:  # first: the callbacks after it read its val_* logs
+        callbacks.insert(0, WholeValidation(list(valid_ds.as_numpy_iterator()), losses.LOSSES[cfg.loss], losses.metrics))
     if plateau:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                                        restore_best_weights=True))
@@ -325,9 +328,10 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
 
     start = time.perf_counter()
     with strategy.scope() if multi_worker else contextlib.nullcontext():  # multi_worker: see distribute.py
-        fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, validation_data=valid_ds,
-                        validation_steps=-(-n_valid // cfg.val_batch_size), callbacks=callbacks, shuffle=False,
-                        verbose=1 if progress else 2)
+        fit = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                        validation_data=None if multi_worker else valid_ds,
+                        validation_steps=None if multi_worker else -(-n_valid // cfg.val_batch_size),
+                        callbacks=callbacks, shuffle=False, verbose=1 if progress else 2)
     seconds = time.perf_counter() - start
     history = read_history(history_csv)
     if plateau:
