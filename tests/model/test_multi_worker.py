@@ -131,14 +131,14 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(records: Path, tmp
 SHARDS = """
 import hashlib, json, sys
 from pathlib import Path
-from tnbc_pipeline.model.distribute import make_strategy, shard_by_data
+from tnbc_pipeline.model.distribute import make_strategy
 strategy = make_strategy("multi_worker")
 from tnbc_pipeline.data.pipeline import make_dataset
 digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()[:16]
 seen = {}
 for buffer in (1, 16):
     ds = make_dataset(Path(sys.argv[1]), "train", training=True, batch_size=4, patch=32, seed=0, shuffle_buffer=buffer)
-    it, whole = iter(strategy.experimental_distribute_dataset(shard_by_data(ds))), iter(ds)
+    it, whole = iter(strategy.experimental_distribute_dataset(ds)), iter(ds)
     seen[buffer] = {"mine": [[digest(x) for x in strategy.experimental_local_results(next(it)[0])[0].numpy()]
                              for _ in range(8)],  # this worker's one replica, 8 steps
                     "global": [[digest(x) for x in next(whole)[0].numpy()] for _ in range(8)]}  # undistributed

@@ -3,8 +3,8 @@
 Several machines (`multi_worker`): every worker runs the same `tnbc train` command with the same
 `--run-dir` and its own TF_CONFIG. The chief (task "chief", else worker 0) alone writes the run folder;
 each other worker trains in a temporary folder that is removed when it ends, reading only the chief's
-resume state. The input pipeline is sharded by data, so each global batch is split across the workers
-and every crop of it is seen once per step; every worker validates on the whole valid set itself
+resume state. The input pipeline (data.pipeline.make_dataset) is sharded by data, so each global batch is
+split across the workers and every crop of it is seen once per step; every worker validates on the whole valid set itself
 (callbacks.WholeValidation).
 """
 
@@ -67,15 +67,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
-
-
-def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` with DATA auto-sharding: each worker runs the whole (seeded, identical) pipeline and keeps its
-    own slice of every global batch. FILE sharding, TensorFlow's first choice for TFRecords, would give each
-    worker its own shard files -- other patients' images in other proportions per worker."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
 
 
 def _logs_of_rank_one(step):

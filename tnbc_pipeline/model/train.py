@@ -38,8 +38,7 @@ from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, to_dict
 from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.model.distribute import (fit_under_multi_worker, is_chief, is_multi_worker, make_strategy,
-                                             shard_by_data)
+from tnbc_pipeline.model.distribute import fit_under_multi_worker, is_chief, is_multi_worker, make_strategy
 from tnbc_pipeline.io import atomic_write_bytes, folder_lock, read_json, recover_dir, write_json
 from tnbc_pipeline.report import read_history
 from tnbc_pipeline.tf_env import tf
@@ -122,6 +121,12 @@ def _clear(run_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def _other_run(run_dir: Path, old: identity.Identity, wanted: identity.Identity) -> TnbcError:
+    """The one-line refusal of a run folder made with other settings or records."""
+    return TnbcError(identity.describe(run_dir, identity.differences(old, wanted))
+                     + "; use --force to start over, or another --run-dir")
+
+
 def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any], force: bool,
                  replace_stale: bool) -> bool:
     """Create or check the run folder; return False when the run is already finished (same identity)."""
@@ -134,8 +139,7 @@ def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any
             log.info("%s; starting it over", identity.describe(run_dir, identity.differences(old, wanted)))
             _clear(run_dir)
         else:
-            raise TnbcError(identity.describe(run_dir, identity.differences(old, wanted))
-                            + "; use --force to start over, or another --run-dir")
+            raise _other_run(run_dir, old, wanted)
     if (run_dir / "done.json").exists():
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,8 +243,7 @@ def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any,
     old = None if force else identity.read(run_dir)
     resume = old is not None and old.digest == wanted.digest
     if old is not None and not resume and not replace_stale:
-        raise TnbcError(identity.describe(run_dir, identity.differences(old, wanted))
-                        + "; use --force to start over, or another --run-dir")
+        raise _other_run(run_dir, old, wanted)
     if resume and (run_dir / "done.json").exists():
         return read_done(run_dir)
     scratch = Path(tempfile.mkdtemp(prefix="tnbc-worker-"))
@@ -296,9 +299,7 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
         raise TnbcError(f"{records}: the valid split has no items of ops {list(cfg.val_ops)}")
     valid_ds = valid_ds.map(lambda b: (b["image"], training_target(b["labels"][..., None], cfg.model.interior,
                                                                    cfg.model.interior_target)))
-    multi_worker = is_multi_worker(strategy)
-    if multi_worker:
-        train_ds = shard_by_data(train_ds)
+    multi_worker = is_multi_worker(strategy)  # make_dataset shards by data: each worker its share of a batch
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
