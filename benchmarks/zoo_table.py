@@ -4,8 +4,8 @@
 
 Per model (one `tnbc cv --model NAME` folder each, same folds and budget): parameters, training images/s
 and peak RSS of the training process (each fold's done.json, mean over folds), Dice, IoU, AJI, F1@0.5, PQ
-as mean +- sd over the folds (the mean alone for one fold; cv_summary.json), the model's inference
-megapixels/s on the test images (eval_test/summary.json), the best epoch of each fold out of those run (a
+as mean +- sd over the folds (the mean alone for one fold; cv_summary.json, which covers every fold
+scored with the same settings), the model's inference megapixels/s on the test images (eval_test/summary.json), the best epoch of each fold out of those run (a
 best epoch at the last one says the model was still improving when the budget ended: under-trained, see
 its history.csv), and the precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs that have it).
 A second table gives each model's learning curve: training loss and valid Dice at every epoch, mean over
@@ -25,7 +25,7 @@ METRICS = ("dice", "iou", "aji", "f1", "pq")
 
 def model_row(folder: Path) -> str:
     summary = json.loads((folder / "cv_summary.json").read_text())
-    folds = summary["settings"]["evaluated_folds"]
+    folds = summary["summarised_folds"]
     done = [json.loads((folder / f"fold{i}" / "run" / "done.json").read_text()) for i in folds]
     scored = [json.loads((folder / f"fold{i}" / "run" / "eval_test" / "summary.json").read_text()) for i in folds]
     name = summary["settings"]["train_config"]["model"]["name"]
@@ -47,7 +47,7 @@ def curve_row(folder: Path) -> str:
     """One model's learning curve: 'loss / valid Dice' at each epoch, mean over its folds' history.csv."""
     summary = json.loads((folder / "cv_summary.json").read_text())
     histories = [read_history(folder / f"fold{i}" / "run" / "history.csv")
-                 for i in summary["settings"]["evaluated_folds"]]
+                 for i in summary["summarised_folds"]]
     epochs = min(len(h) for h in histories)  # folds of one model share the budget; a cut-short one limits it
 
     def mean(key: str, epoch: int) -> float:

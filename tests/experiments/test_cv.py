@@ -66,6 +66,11 @@ def test_cv_never_reports_old_results_for_new_settings(release_root: Path, tmp_p
     out = tmp_path / "cv"
     first = cross_validate(release_root, out, 4, DATA, TINY, only=[1], workers=1, progress=False)
     stamp = (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns
+    # a second call for another fold: the summary covers both (fold 1 as the first call scored it)
+    both = cross_validate(release_root, out, 4, DATA, TINY, only=[2], workers=1, progress=False)
+    assert both["summarised_folds"] == [1, 2] and both["settings"]["evaluated_folds"] == [2]
+    assert both["aji"]["folds"][0] == first["aji"]["folds"][0]
+    assert [r["fold"] for r in csv.DictReader(open(out / "cv_folds.csv"))] == ["1", "2"]
     longer = dataclasses.replace(TINY, epochs=2)
     with pytest.raises(TnbcError, match=r"fold1/run: made with other settings: config.epochs: 1 -> 2"):
         cross_validate(release_root, out, 4, DATA, longer, only=[1], workers=1, progress=False)
@@ -75,6 +80,7 @@ def test_cv_never_reports_old_results_for_new_settings(release_root: Path, tmp_p
     assert (out / "fold1" / "run" / "model.keras").stat().st_mtime_ns == stamp
     assert rescored["identities"][0]["eval_identity"] != first["identities"][0]["eval_identity"]
     assert rescored["identities"][0]["run_identity"] == first["identities"][0]["run_identity"]
+    assert rescored["summarised_folds"] == [1]  # fold 2 was scored with the other min_area: left out
     assert json.loads((out / "fold1" / "result.json").read_text())["min_area"] == 3
     assert list(csv.DictReader(open(out / "cv_folds.csv")))[0]["min_area"] == "3"
     # force: the fold is trained again with the new settings, and the summary says so

@@ -6,7 +6,9 @@
     OUT/fold{i}/result.json      the fold's eval summary, its dataset build, the run's and eval's identities
     OUT/cv_folds.csv             one row per fold: test patients, images, every metric
     OUT/cv_summary.json          {metric: {"mean": m, "sd": s, "folds": [...]}}, the settings, and per fold
-                                 the identities of the fold, its run and its eval
+                                 the identities of the fold, its run and its eval; it covers the folds run
+                                 now and every other fold an earlier call scored with the same identity
+                                 (`summarised_folds`), so `--fold 0` then `--fold 1` summarise both
     OUT/cv_metrics.png           a bar chart of the fold metrics with their mean
     OUT/fold{i}/peer_NAME/       with `peers`: each peer trained and scored on the same fold (experiments/peers.py)
     OUT/peers_folds.csv          with `peers`: one row per fold and model (ours first), every metric
@@ -135,6 +137,27 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "folds": [r[k] for r in rows]} for k in REPORTED}
 
 
+def earlier_folds(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
+                  scoring: Scoring, skip: list[int] | None) -> list[tuple[int, dict[str, Any]]]:
+    """The folds not run by this call (`skip`: those run; None: all of them) that an earlier call scored
+    with the same identity, so the summary covers every fold of these settings (`--fold 0` then `--fold 1`
+    summarise both); a fold scored with other settings is left out, with a warning."""
+    if skip is None:
+        return []
+    found = []
+    for fold in sorted(set(range(folds)) - set(skip)):
+        folder = out / f"fold{fold}"
+        if not (folder / "result.json").is_file():
+            continue
+        if identity.matches(folder, fold_identity(raw, fold_config(data_cfg, fold, folds), train_cfg, scoring)):
+            log.info("fold %d: scored earlier with these settings; in the summary", fold)
+            found.append((fold, read_json(folder / "result.json")))
+        else:
+            log.warning("%s: scored with other settings; not in the summary (run it again with --fold %d)",
+                        folder, fold)
+    return found
+
+
 def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, train_cfg: TrainConfig,
                    only: list[int] | None = None, scoring: Scoring = Scoring(), workers: int | None = None,
                    progress: bool = True, force: bool = False, peers: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -163,9 +186,15 @@ def cross_validate(raw: Path, out: Path, folds: int, data_cfg: DatasetConfig, tr
             peer = peer_fold(name, folder / "TNBC" / "tfrecords", folder, train_cfg, progress, force)
             peer_rows.append({"model": name, "fold": fold, "test_patients": " ".join(peer["patients"]),
                               "images": peer["images"], **{k: peer["mean_over_images"][k] for k in REPORTED}})
+    for fold, result in earlier_folds(Path(raw), out, folds, data_cfg, train_cfg, scoring, skip=only):
+        rows.append(fold_row(fold, result))
+        made.append(fold_identities(fold, result))
+    order = np.argsort([r["fold"] for r in rows], kind="stable")
+    rows, made = [rows[i] for i in order], [made[i] for i in order]
     write_csv(out / "cv_folds.csv", rows)
     summary: dict[str, Any] = summarise(rows)
     summary["settings"] = settings
+    summary["summarised_folds"] = [r["fold"] for r in rows]
     summary["identities"] = made
     if peers:
         write_csv(out / "peers_folds.csv", peer_rows, fields=["model", "fold", "test_patients", "images", *REPORTED])
