@@ -4,8 +4,8 @@ split as numpy arrays, `model.fit` on arrays) measured in the same run.
 
 Settings: precision float32 | mixed_bfloat16 (Keras' policy; oneDNN uses the CPU's AVX-512 BF16 where it
 has it), XLA (`jit`) off | on, batch 8 | 16, each with TensorFlow's op determinism on as `tnbc train`
-runs it, and the first setting without it; 256x256 crops of our tf.data pipeline (stain jitter off, as
-in `configs/tnbc.toml`). Images/s inside one `fit` after two warm-up steps, peak RSS of the process.
+runs it, and the first setting without it; 256x256 crops of our tf.data pipeline (stain jitter off: its
+cost is in the input pipeline, not the model). Images/s inside one `fit` after two warm-up steps, peak RSS.
 Which setting keeps accuracy is a CV question (BENCHMARKS §3 states the fold run beside it).
 """
 

@@ -21,14 +21,16 @@ def test_shipped_configs_load() -> None:
     import dataclasses
 
     # the ablations differ from the default recipe only in what they measure, so each comparison is fair
-    assert tnbc.schedule == "cosine" and tnbc.stain_jitter == 0.05
-    assert load_train_config(ROOT / "configs" / "tnbc_cosine.toml") == tnbc
+    assert tnbc.schedule == "cosine" and tnbc.stain_jitter == 0.05 and tnbc.model.name == "unet_seed"
+    # the ablations measured before the default model became unet_seed: the same recipe on `unet`
+    unet = dataclasses.replace(tnbc, model=dataclasses.replace(tnbc.model, name="unet"))
+    assert load_train_config(ROOT / "configs" / "tnbc_cosine.toml") == unet
     assert load_train_config(ROOT / "configs" / "tnbc_cosine_bf16.toml") == dataclasses.replace(
-        tnbc, precision="mixed_bfloat16")
-    plateau = dataclasses.replace(tnbc, schedule="plateau", patience=8, reduce_lr_factor=0.5, reduce_lr_patience=3)
+        unet, precision="mixed_bfloat16")
+    plateau = dataclasses.replace(unet, schedule="plateau", patience=8, reduce_lr_factor=0.5, reduce_lr_patience=3)
     assert load_train_config(ROOT / "configs" / "tnbc_stain.toml") == plateau
     assert load_train_config(ROOT / "configs" / "tnbc_distance.toml") == dataclasses.replace(
-        tnbc, model=dataclasses.replace(tnbc.model, interior=4, interior_target="distance"))
+        unet, model=dataclasses.replace(unet.model, interior=4, interior_target="distance"))
     assert load_train_config(ROOT / "configs" / "tnbc_macenko.toml") == dataclasses.replace(
         tnbc, stain_jitter=0.0, model=dataclasses.replace(tnbc.model, stain_norm="macenko"))
 
