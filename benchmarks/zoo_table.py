@@ -5,9 +5,11 @@
 Per model (one `tnbc cv --model NAME` folder each, same folds and budget): parameters, training images/s
 and peak RSS of the training process (each fold's done.json, mean over folds), Dice, IoU, AJI, F1@0.5, PQ
 as mean +- sd over the folds (the mean alone for one fold; cv_summary.json, which covers every fold
-scored with the same settings), the model's inference megapixels/s on the test images (eval_test/summary.json), the best epoch of each fold out of those run (a
-best epoch at the last one says the model was still improving when the budget ended: under-trained, see
-its history.csv), and the precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs that have it).
+scored with the same settings), the model's inference megapixels/s on the test images
+(eval_test/summary.json), the kept epoch of each fold out of those run (the best by val_loss under the
+plateau schedule, where one at the last epoch says the model was still improving; always the last under
+the cosine schedule), and the precision the folds trained in (`precision = "auto"` is bfloat16 on CPUs
+that have it).
 A second table gives each model's learning curve: training loss and valid Dice at every epoch, mean over
 the folds -- where a model still climbs at the last epoch, the budget, not the architecture, limited it.
 """
