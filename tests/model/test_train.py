@@ -286,3 +286,25 @@ def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> N
     assert load_train_config(None, {"model.stain_norm": "macenko"}).model.stain_norm == "macenko"
     with pytest.raises(TnbcError, match="model.stain_norm: unknown choice 'reinhard'"):
         ModelConfig(stain_norm="reinhard")
+
+
+def test_validation_scores_every_valid_image_as_evaluate_does(records: Path, tmp_path: Path) -> None:
+    """fit validates from the valid images held in memory: the last epoch's val_* are what Keras' evaluate()
+    computes for the saved (last-epoch) model on every original valid image, a partial last batch included."""
+    import keras
+
+    from tnbc_pipeline.data.pipeline import make_dataset, training_target
+    from tnbc_pipeline.model import losses  # noqa: F401 - registers the custom objects
+
+    cfg = dataclasses.replace(TINY, schedule="cosine", val_batch_size=4, precision="float32")
+    run = tmp_path / "run"
+    _train(records, run, cfg)
+    batches = list(make_dataset(records, "valid", training=False, batch_size=64, ops=cfg.val_ops))
+    images = np.concatenate([b["image"].numpy() for b in batches])
+    targets = np.concatenate([training_target(b["labels"][..., None], cfg.model.interior).numpy() for b in batches])
+    assert len(images) % cfg.val_batch_size != 0  # the last batch is partial
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    expected = model.evaluate(images, targets, batch_size=cfg.val_batch_size, verbose=0, return_dict=True)
+    last = list(csv.DictReader(open(run / "history.csv")))[-1]
+    assert float(last["val_loss"]) == pytest.approx(expected["loss"], abs=1e-5)
+    assert float(last["val_dice_coef"]) == pytest.approx(expected["dice_coef"], abs=1e-5)
