@@ -293,9 +293,10 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
                             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
                             flip_rot=cfg.flip_rot, interior=cfg.model.interior,
                             interior_target=cfg.model.interior_target, stain_jitter=cfg.stain_jitter)
-    # The valid set (a few whole images) is read once and held in memory. fit() stops a tf.data pipeline after
-    # `validation_steps` with work still in flight, and the next epoch's validation waits for it: 20-40 s in
-    # about one epoch of three (measured with py-spy: EpochIterator.reset), a quarter of a fold's training.
+    # The valid set (a few whole images) is read once and held in memory. Fed as a tf.data pipeline stopped
+    # after `validation_steps`, the next epoch's validation waited 20-40 s in about one epoch of three, in
+    # Keras' EpochIterator.reset where the previous, unfinished iterator is dropped (py-spy; our reading: its
+    # in-flight PNG decoding is awaited) -- a quarter of a fold's training time.
     valid_batches = [(b["image"], training_target(b["labels"][..., None], cfg.model.interior,
                                                   cfg.model.interior_target))
                      for b in make_dataset(records, "valid", training=False, batch_size=cfg.val_batch_size,
