@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from skimage.draw import disk
 
 from tnbc_pipeline.config import PostProcess
-from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, score
+from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, score, searched
 
 CHANNELS = ("mask", "interior")
 
@@ -45,3 +47,24 @@ def test_a_choice_at_the_edge_of_its_grid_is_reported() -> None:
     assert post.threshold == SEARCH["threshold"][-1] == 0.95
     assert at_edge(post, ["threshold"]) == ["threshold"]
     assert at_edge(PostProcess(min_area=0), ["min_area"]) == []  # min_area 0 is "no removal", not an edge
+
+
+def test_ascent_drops_a_small_false_core_by_min_core() -> None:
+    # A 9 px core of 0.9 inside nucleus 1, apart from its true core, seeds a false split while min_core <= 9;
+    # 16, the least grid value above 9, keeps one nucleus (64 too: a coreless nucleus keeps its own label),
+    # and ties go to the value nearest the start (4).
+    probs, truth = _case(0.9, 0.0)
+    probs[25:28, 19:22, 1] = 0.9
+    cases = [(probs, truth)]
+    start = PostProcess(threshold=0.5, min_area=0, instances="interior", core_threshold=0.5, min_core=4)
+    assert score(start, cases, CHANNELS, "aji") < 1.0
+    post, scores = ascend(start, ["min_core"], cases, CHANNELS, "aji")
+    assert post.min_core == 16 and scores["min_core"]["8"] < 1.0 == scores["min_core"]["16"] == scores["min_core"]["64"]
+
+
+def test_the_core_fields_are_searched_together_for_interior_models_only() -> None:
+    interior, plain = SimpleNamespace(channels=CHANNELS), SimpleNamespace(channels=("mask",))
+    assert searched(interior, set()) == ["threshold", "core_threshold", "min_area", "min_core"]
+    assert searched(plain, set()) == ["threshold", "min_area"]
+    assert searched(interior, {"core_threshold"}) == ["threshold", "min_area"]  # min_core stays at its default
+    assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core"]

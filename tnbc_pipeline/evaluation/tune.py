@@ -34,7 +34,11 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     "threshold": THRESHOLDS,
     "core_threshold": tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1)),  # interior models; 0.2 was hit
     "min_area": (0, 10, 20, 30, 40, 60, 80, 100, 130, 160),  # the release's 1st percentile nucleus is 61 px
+    # interior models, with core_threshold: cores under this many px seed no nucleus of their own (fewer false
+    # splits; BENCHMARKS.md §1g: F1 +0.013 on the 4-fold mean, every fold up)
+    "min_core": (2, 4, 8, 16, 32, 64),
 }
+CORE_FIELDS = ("core_threshold", "min_core")  # searched for interior models while the user fixes neither
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 
@@ -50,8 +54,10 @@ def examples(records: Path, split: str, all_ops: bool):
 
 
 def searched(run: RunModel, fixed_fields: set[str]) -> list[str]:
-    """The fields chosen on valid: those of SEARCH the user did not fix (core_threshold: interior models)."""
-    return [f for f in SEARCH if f not in fixed_fields and (f != "core_threshold" or "interior" in run.channels)]
+    """The fields chosen on valid: those of SEARCH the user did not fix; the core fields for interior models
+    only, and neither once the user gives one (`--core-threshold` alone leaves min_core at its default)."""
+    cores = "interior" in run.channels and not fixed_fields & set(CORE_FIELDS)
+    return [f for f in SEARCH if f not in fixed_fields and (f not in CORE_FIELDS or cores)]
 
 
 def tuning_identity(run: RunModel, records_index: str, start: PostProcess, fields: list[str],
