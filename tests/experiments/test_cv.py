@@ -148,3 +148,14 @@ def test_study_command_checks_its_flags(release_root: Path) -> None:
                           (["--fold", "4"], "--fold 4: must be in [0, 4)")):
         result = CliRunner().invoke(main, ["study", "--raw", str(release_root), *flag])
         assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold scored with the post-processing chosen on one grid is not reused once the grid changes."""
+    from tnbc_pipeline.evaluation.tune import SEARCH
+    from tnbc_pipeline.experiments.cv import fold_identity
+
+    before = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring())
+    assert before.digest == fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    monkeypatch.setitem(SEARCH, "min_core", (4, 8))
+    assert fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest != before.digest
