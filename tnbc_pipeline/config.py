@@ -299,6 +299,8 @@ class PostProcess:
     instances: InstanceMethod = "components"  # how touching nuclei are separated
     core_threshold: float = 0.5  # interior: a pixel is core where the interior probability exceeds this
     min_core: int = 4  # interior: cores under this many px seed no nucleus
+    # interior: a mask object holding no core is a nucleus of its own (True) or a false one, removed (False)
+    orphans: bool = True
     min_distance: int = 7  # watershed: least distance in px between the distance peaks that seed nuclei
 
     def __post_init__(self) -> None:

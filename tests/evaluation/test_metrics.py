@@ -166,3 +166,8 @@ def test_interior_cores_split_touching_nuclei_along_their_valley() -> None:
         segment(probs[..., :1], ("mask",), PostProcess(instances="interior"))
     small = segment(probs, channels, PostProcess(instances="components", min_area=60))  # lone: ~49 px, dropped
     assert not small[lone].any() and small[a].all()
+    # orphans=False: the coreless object is taken for a false nucleus and removed; the cored pair is untouched
+    kept, pair = split_by_interior(pred, interior, orphans=False), split_by_interior(pred, interior)[a | b]
+    assert not kept[lone].any() and np.array_equal(kept[a | b], pair) and len(np.unique(pair)) == 2
+    dropped = segment(probs, channels, PostProcess(instances="interior", min_area=0, orphans=False))
+    assert not dropped[lone].any() and len(np.unique(dropped[a | b])) == 2

@@ -62,9 +62,20 @@ def test_ascent_drops_a_small_false_core_by_min_core() -> None:
     assert post.min_core == 16 and scores["min_core"]["8"] < 1.0 == scores["min_core"]["16"] == scores["min_core"]["64"]
 
 
+def test_ascent_removes_a_coreless_false_nucleus_by_orphans() -> None:
+    # A 15 px blob at mask probability 0.9 with no core is a false nucleus: kept as its own nucleus it costs
+    # F1 and AJI; orphans=False removes it (min_area held at 0 so only orphans can), and the true nuclei,
+    # each with its core, stay. Not reported as an edge: a choice of two cases has none.
+    cases = [_case(0.9, 0.0, blob_p=0.9)]
+    start = PostProcess(threshold=0.5, min_area=0, instances="interior")
+    post, scores = ascend(start, ["orphans"], cases, CHANNELS, "f1")
+    assert post.orphans is False and scores["orphans"]["True"] < 1.0 == scores["orphans"]["False"]
+    assert score(post, cases, CHANNELS, "aji") == 1.0 and at_edge(post, ["orphans"]) == []
+
+
 def test_the_core_fields_are_searched_together_for_interior_models_only() -> None:
     interior, plain = SimpleNamespace(channels=CHANNELS), SimpleNamespace(channels=("mask",))
-    assert searched(interior, set()) == ["threshold", "core_threshold", "min_area", "min_core"]
+    assert searched(interior, set()) == ["threshold", "core_threshold", "min_area", "min_core", "orphans"]
     assert searched(plain, set()) == ["threshold", "min_area"]
-    assert searched(interior, {"core_threshold"}) == ["threshold", "min_area"]  # min_core stays at its default
-    assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core"]
+    assert searched(interior, {"core_threshold"}) == ["threshold", "min_area"]  # min_core, orphans: defaults
+    assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core", "orphans"]

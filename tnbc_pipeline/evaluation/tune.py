@@ -1,7 +1,7 @@
 """Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does).
 
-The fields the user did not fix -- the mask threshold, the interior core threshold (models with the
-interior channel) and the least object area -- are searched by coordinate ascent over SEARCH: each field
+The fields the user did not fix -- the mask threshold, the least object area and, for models with the
+interior channel, the core threshold, the least core and whether a coreless object counts -- are searched by coordinate ascent over SEARCH: each field
 in turn takes the value of its grid with the highest mean criterion (default AJI) over the valid
 originals, the others held, until a pass changes nothing (at most PASSES). The valid images are
 predicted once. A choice at the edge of its grid is said in one warning line and recorded (`at_edge`),
@@ -37,8 +37,10 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     # interior models, with core_threshold: cores under this many px seed no nucleus of their own (fewer false
     # splits; BENCHMARKS.md §1g: F1 +0.013 on the 4-fold mean, every fold up)
     "min_core": (2, 4, 8, 16, 32, 64),
+    # interior models: a mask object with no core kept as a nucleus or removed as a false one (BENCHMARKS.md §1h)
+    "orphans": (True, False),
 }
-CORE_FIELDS = ("core_threshold", "min_core")  # searched for interior models while the user fixes neither
+CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes neither
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 
@@ -55,7 +57,8 @@ def examples(records: Path, split: str, all_ops: bool):
 
 def searched(run: RunModel, fixed_fields: set[str]) -> list[str]:
     """The fields chosen on valid: those of SEARCH the user did not fix; the core fields for interior models
-    only, and neither once the user gives one (`--core-threshold` alone leaves min_core at its default)."""
+    only, and none once the user gives one (`--core-threshold` alone leaves min_core and orphans at their
+    defaults)."""
     cores = "interior" in run.channels and not fixed_fields & set(CORE_FIELDS)
     return [f for f in SEARCH if f not in fixed_fields and (f not in CORE_FIELDS or cores)]
 
@@ -95,10 +98,13 @@ def ascend(start: PostProcess, fields: list[str], cases: list[tuple[np.ndarray, 
     return post, scores
 
 
+NO_EDGE = ("orphans",)  # a choice between two cases, not a range that could be too narrow
+
+
 def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
     """The fields chosen at the first or last value of their grid (min_area 0 means no removal: not an edge)."""
-    return [f for f in fields
-            if getattr(post, f) == SEARCH[f][-1] or (f != "min_area" and getattr(post, f) == SEARCH[f][0])]
+    return [f for f in fields if f not in NO_EDGE
+            and (getattr(post, f) == SEARCH[f][-1] or (f != "min_area" and getattr(post, f) == SEARCH[f][0]))]
 
 
 def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],

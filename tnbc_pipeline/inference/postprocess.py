@@ -36,14 +36,19 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def _watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray) -> np.ndarray:
+def _watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray,
+               orphans: bool = True) -> np.ndarray:
     """Watershed of `landscape` from int32 `markers` inside `fg`; a component of `fg` without any marker
-    (too thin, or its seed was missed) keeps its own label instead of vanishing or joining a neighbour."""
+    (too thin, or its seed was missed) keeps its own label instead of joining a neighbour when `orphans`,
+    else it is removed (no seed: taken for a false nucleus)."""
     from skimage.segmentation import watershed
 
     n = int(markers.max(initial=0))
     ids, first = np.unique(components.ravel(), return_index=True)  # first pixel of every component
     orphan = np.isin(ids, components[markers > 0], invert=True) & (ids > 0)
+    if not orphans:
+        fg = fg & ~np.isin(components, ids[orphan])
+        orphan[:] = False
     markers = markers.copy()
     markers.ravel()[first[orphan]] = np.arange(n + 1, n + 1 + int(orphan.sum()))
     return watershed(landscape, markers, mask=fg, connectivity=2).astype(np.int32)
@@ -65,15 +70,17 @@ def split_touching(mask: np.ndarray, min_distance: int = 7) -> np.ndarray:
     return _watershed(-dist, markers, fg, components)
 
 
-def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float = 0.5, min_seed: int = 4) -> np.ndarray:
+def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float = 0.5, min_seed: int = 4,
+                      orphans: bool = True) -> np.ndarray:
     """Binary prediction (H, W) + the model's interior probability float32 (H, W) -> int32 labels: one
     nucleus per connected core (interior > threshold, at least `min_seed` px), grown over the mask by a
-    watershed of the negated interior probability, so touching nuclei part where the cores' valley is."""
+    watershed of the negated interior probability, so touching nuclei part where the cores' valley is.
+    A mask object with no such core is a nucleus of its own when `orphans`, else removed."""
     fg = mask.astype(bool)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     seeds = remove_small(fg & (interior > threshold), min_seed)
-    return _watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg))
+    return _watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg), orphans)
 
 
 def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProcess) -> np.ndarray:
@@ -87,7 +94,7 @@ def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProc
             raise TnbcError("post-processing 'interior' needs a model with the interior channel "
                             "(train with model.interior > 0)")
         return split_by_interior(mask, probabilities[..., channels.index("interior")], post.core_threshold,
-                                 post.min_core)
+                                 post.min_core, post.orphans)
     if post.instances == "watershed":
         return split_touching(mask, post.min_distance)
     return label_instances(mask)
