@@ -1,9 +1,10 @@
 """Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does).
 
 The fields the user did not fix -- the mask threshold, the least object area and, for models with the
-interior channel, the core threshold, the least core and whether a coreless object counts -- are searched by coordinate ascent over SEARCH: each field
-in turn takes the value of its grid with the highest mean criterion (default AJI) over the valid
-originals, the others held, until a pass changes nothing (at most PASSES). The valid images are
+interior channel, the core threshold, the least core and whether a coreless object counts -- are
+searched by coordinate ascent over SEARCH: each field in turn takes the value of its grid with the
+highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
+nothing (at most PASSES). The valid images are
 predicted once. A choice at the edge of its grid is said in one warning line and recorded (`at_edge`),
 so a grid that is too narrow shows. The choice is bound to the model's sha256 and identified by
 everything it depends on (model, valid records, fixed fields, grids, criterion, TTA), so a changed input
