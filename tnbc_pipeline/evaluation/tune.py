@@ -41,7 +41,7 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     # interior models: a mask object with no core kept as a nucleus or removed as a false one (BENCHMARKS.md §1h)
     "orphans": (True, False),
 }
-CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes neither
+CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes none
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 
