@@ -19,6 +19,14 @@ from tnbc_pipeline.data.synth import write_release
 SIZE = 96  # small images keep the suite fast; the layout and counts are the real ones
 
 
+@pytest.fixture(scope="session", autouse=True)
+def speed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training-speed cache (model/speed.py) of this test session: never the user's."""
+    folder = tmp_path_factory.mktemp("speed-cache")
+    os.environ["TNBC_CACHE_DIR"] = str(folder)  # CLI subprocesses inherit it
+    return folder
+
+
 @pytest.fixture(scope="session")
 def release_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pristine synthetic release: <tmp>/TNBC_NucleiSegmentation/{Slide_PP,GT_PP}/PP_K.png. Do not modify."""

@@ -268,8 +268,10 @@ class TrainConfig:
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device; multi_worker: TF_CONFIG
-    precision: PrecisionName = "auto"  # auto: mixed_float16 on GPUs (cc >= 7), mixed_bfloat16 on CPUs with native bf16, else float32
-    jit: bool = False  # XLA-compile the train step (helps on GPUs; off by default since it is off on CPU)
+    # auto: mixed_float16 on GPUs (cc >= 7); on CPUs with native bf16 the faster of float32 and mixed_bfloat16
+    # as measured once per machine and model (model/speed.py; runs under 2,000 crops: mixed_bfloat16), else float32
+    precision: PrecisionName = "auto"
+    jit: bool = False  # XLA-compile the train step: Keras leaves it off under op determinism, which train turns on
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

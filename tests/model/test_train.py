@@ -67,7 +67,7 @@ def test_a_run_folder_holds_every_file(records: Path, tmp_path: Path) -> None:
     assert lines[0].startswith("epoch") and len(lines) == 3 and "val_dice_coef" in lines[0]
     import keras
 
-    from tnbc_pipeline.model.train import precision_policy  # auto: mixed_bfloat16 on a CPU with native bf16
+    from tnbc_pipeline.model.speed import precision_policy  # a short run: auto is the fixed rule
 
     assert done["epochs_run"] == 2 and done["replicas"] == 1 and done["precision"] == precision_policy("auto")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for what the process runs next
@@ -100,7 +100,8 @@ def test_a_finished_run_is_not_retrained_unless_forced(records: Path, tmp_path: 
 
 def test_a_run_of_other_settings_is_refused_finished_or_not(records: Path, tmp_path: Path) -> None:
     from tnbc_pipeline import identity
-    from tnbc_pipeline.model.train import precision_policy, run_identity
+    from tnbc_pipeline.model.speed import precision_policy
+    from tnbc_pipeline.model.train import run_identity
 
     run = tmp_path / "run"
     _train(records, run, dataclasses.replace(TINY, epochs=1))
@@ -254,12 +255,13 @@ def test_train_command_with_flags(records: Path, tmp_path: Path) -> None:
 
 def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identity_says_so(
         records: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tnbc_pipeline.model import speed
     from tnbc_pipeline.model import train as train_module
 
     for native, policy in ((True, "mixed_bfloat16"), (False, "float32")):
-        monkeypatch.setattr(train_module, "cpu_has_bf16", lambda native=native: native)
-        assert train_module.precision_policy("auto") == policy  # no GPU in the tests
-        assert train_module.precision_policy("float32") == "float32"  # an explicit choice is kept
+        monkeypatch.setattr(speed, "cpu_has_bf16", lambda native=native: native)
+        assert speed.precision_policy("auto") == policy  # no GPU in the tests
+        assert speed.precision_policy("float32") == "float32"  # an explicit choice is kept
     auto = train_module.run_identity(records, TINY, "mixed_bfloat16")
     assert auto.settings["precision"] == "mixed_bfloat16"
     # float32 (what auto meant before) and an explicit policy leave the identity as it was
@@ -308,3 +310,26 @@ def test_validation_scores_every_valid_image_as_evaluate_does(records: Path, tmp
     last = list(csv.DictReader(open(run / "history.csv")))[-1]
     assert float(last["val_loss"]) == pytest.approx(expected["loss"], abs=1e-5)
     assert float(last["val_dice_coef"]) == pytest.approx(expected["dice_coef"], abs=1e-5)
+
+
+def test_a_run_trains_in_the_policy_measured_fastest_and_its_identity_records_it(
+        records: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with native bfloat16 the fixed rule says mixed_bfloat16; where float32 measures faster (as on
+    the Intel Xeon of BENCHMARKS §3) a long enough run trains in float32, and done.json and identity say so."""
+    from tnbc_pipeline.model import speed
+    from tnbc_pipeline.model.train import run_identity
+
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(speed, "gpu_policy", lambda: None)
+    monkeypatch.setattr(speed, "MEASURE_MIN_IMAGES", 1)  # TINY counts as a long run here
+    for faster, rates in (("float32", {"float32": 8.0, "mixed_bfloat16": 5.5}),
+                          ("mixed_bfloat16", {"float32": 5.5, "mixed_bfloat16": 8.0})):
+        monkeypatch.setenv("TNBC_CACHE_DIR", str(tmp_path / faster))
+        monkeypatch.setattr(speed, "images_per_s", lambda cfg, rates=rates: rates)
+        assert speed.resolve(TINY) == faster
+        recorded = run_identity(records, TINY).settings.get("precision", "float32")  # float32: left out, as before
+        assert recorded == faster
+    monkeypatch.setenv("TNBC_CACHE_DIR", str(tmp_path / "float32"))
+    done = _train(records, tmp_path / "run")
+    assert done["precision"] == "float32"
+    assert "precision" not in json.loads((tmp_path / "run" / "identity.json").read_text())["settings"]

@@ -39,6 +39,7 @@ from tnbc_pipeline import __version__, identity
 from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, to_dict
 from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
+from tnbc_pipeline.model.speed import resolve as resolve_precision
 from tnbc_pipeline.model.distribute import fit_under_multi_worker, is_chief, is_multi_worker, make_strategy
 from tnbc_pipeline.io import atomic_write_bytes, folder_lock, read_json, recover_dir, write_json
 from tnbc_pipeline.report import read_history
@@ -49,28 +50,6 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("identity.json", "config.json", "model.keras", "backup", "history.csv", "train_losses.png",
              "train_metrics.png", "epoch_infer", "tensorboard", "done.json",
              "postprocess.json", "threshold.json")  # the last two: eval's choice for this model (and its old name)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX; Linux's /proc/cpuinfo flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def precision_policy(name: str) -> str:
-    """auto: mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on CPUs with native
-    bfloat16 (1.3x the images/s of float32, BENCHMARKS §3, at the same accuracy, §1d), else float32 (float16 and
-    emulated bfloat16 slow CPUs down)."""
-    if name != "auto":
-        return name
-    for gpu in tf.config.list_physical_devices("GPU"):
-        if tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) >= (7, 0):
-            return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
 def build_model(cfg: TrainConfig):
@@ -98,7 +77,7 @@ def compile_model(model, cfg: TrainConfig) -> None:
 def resolved_precision(cfg: TrainConfig, policy: str | None = None) -> dict[str, str]:
     """What `auto` resolved to on this machine, for identities: {} when float32 (what it meant before
     CPUs got bfloat16) or when the config names its policy, else {"precision": policy}."""
-    policy = policy or precision_policy(cfg.precision)
+    policy = policy or resolve_precision(cfg)
     return {"precision": policy} if cfg.precision == "auto" and policy != "float32" else {}
 
 
@@ -240,7 +219,7 @@ def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any,
     """A multi-worker task other than the chief: decides as the chief does (refuse another run's folder,
     reuse a finished one, resume an unfinished one) by reading `run_dir` only, and trains in a temporary
     folder -- seeded with a copy of the chief's resume state -- that is removed when it ends."""
-    wanted = run_identity(records, cfg, precision_policy(cfg.precision))
+    wanted = run_identity(records, cfg, resolve_precision(cfg))
     old = None if force else identity.read(run_dir)
     resume = old is not None and old.digest == wanted.digest
     if old is not None and not resume and not replace_stale:
@@ -261,7 +240,7 @@ def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any,
 def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, force: bool, skip_bad: bool,
                   progress: bool, replace_stale: bool) -> dict[str, Any]:
     index = read_index(records)
-    wanted = run_identity(records, cfg, precision_policy(cfg.precision))
+    wanted = run_identity(records, cfg, resolve_precision(cfg))
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
               "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256"),
               "records_index_sha256": wanted.inputs["records_index"]}
@@ -281,12 +260,14 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
     from tnbc_pipeline.model import losses
     from tnbc_pipeline.model.callbacks import AtomicBackupAndRestore, BestModel, Curves, EpochInference, WholeValidation
 
-    policy = precision_policy(cfg.precision)
+    policy = resolve_precision(cfg)  # measured once per machine and model, then cached (model/speed.py)
     history_csv = run_dir / "history.csv"
     trim_history(history_csv, completed_epochs(run_dir / "backup"))
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
+    if cfg.jit:  # Keras' model_supports_jit: XLA is off on TensorFlow whenever op determinism is on
+        log.warning("jit: Keras trains without XLA while TensorFlow op determinism is on, as tnbc train runs")
     keras.mixed_precision.set_global_policy(policy)
     strategy = strategy or make_strategy(cfg.strategy)
     train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
