@@ -119,7 +119,7 @@ bench-train: install ## Training images/s + peak RSS, tf.data vs numpy arrays, u
 bench-zoo: install ## Training images/s + peak RSS of every zoo model on this machine, one run (float32 as the zoo's CV; issue 14)
 	$(BIN)/python benchmarks/bench_zoo_cpu.py $(BENCH_RAW)
 
-bench-train-options: install ## Training images/s of unet per precision x XLA x batch (and op determinism) vs the old way, one run
+bench-train-options: install ## Training images/s of unet per precision x batch (and op determinism) vs the old way, one run
 	$(BIN)/python benchmarks/bench_train_options.py $(BENCH_RAW)
 
 bench-infer: install ## Whole vs tiled inference MP/s on 2048x2048; metric time vs a naive per-nucleus implementation

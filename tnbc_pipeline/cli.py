@@ -203,8 +203,8 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
 @click.option("--loss", type=click.Choice(choices(LossName)))
 @click.option("--seed", type=int)
 @click.option("--strategy", type=click.Choice(choices(StrategyName)), help="multi_worker: TF_CONFIG, see README.")
-@click.option("--precision", type=click.Choice(choices(PrecisionName)))
-@click.option("--jit/--no-jit", default=None, help="XLA-compile the training step.")
+@click.option("--precision", type=click.Choice(choices(PrecisionName)), help="auto: the faster measured here (README).")
+@click.option("--jit/--no-jit", default=None, help="XLA (Keras drops it under op determinism).")
 @click.option("--skip-bad-shards", is_flag=True, help="Leave out corrupted shards with a warning.")
 @click.option("--force", is_flag=True, help="Start over even if the run folder holds a run.")
 @click.pass_obj

@@ -79,3 +79,13 @@ def test_a_real_measurement_times_both_policies_and_leaves_the_process_as_it_was
     rates = speed.images_per_s(tiny)
     assert list(rates) == ["float32", "mixed_bfloat16"] and all(r > 0 for r in rates.values())
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_where_the_cache_cannot_be_written_one_process_measures_once(bf16_cpu: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TNBC_CACHE_DIR", str(tmp_path / "file" / "cache"))  # under a file: cannot be created
+    measure = FakeMeasure({"float32": 8.0, "mixed_bfloat16": 5.5})
+    monkeypatch.setattr(speed, "_UNKEPT", {})
+    assert speed.resolve(LONG, measure) == "float32" and speed.resolve(LONG, measure) == "float32"
+    assert measure.calls == 1  # the run's identity and its training get the same answer

@@ -37,6 +37,9 @@ WARMUP_STEPS = 2  # untimed steps per policy (tracing, buffers)
 MEASURE_STEPS = 3  # timed steps per policy and round
 ROUNDS = 3  # the policies alternate, so a slow moment of a busy machine does not fall on one of them only
 CANDIDATES = ("float32", "mixed_bfloat16")  # measured where the CPU reports native bfloat16
+# answers that could not be written to the cache: a run resolves several times (identity, training) and must
+# get one answer
+_UNKEPT: dict[str, dict] = {}
 
 
 def cpu_flags() -> tuple[str, list[str]]:
@@ -146,7 +149,7 @@ def resolve(cfg: TrainConfig, measure: Callable[[TrainConfig], dict[str, float]]
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}  # absent or unreadable: measured again and rewritten
-    hit = cache.get(key)
+    hit = cache.get(key) or _UNKEPT.get(key)
     if isinstance(hit, dict) and hit.get("precision") in CANDIDATES:
         return hit["precision"]
     rates = (measure or images_per_s)(cfg)
@@ -159,4 +162,5 @@ def resolve(cfg: TrainConfig, measure: Callable[[TrainConfig], dict[str, float]]
         atomic_write_bytes(path, (json.dumps({**cache, key: entry}, indent=2) + "\n").encode())
     except OSError as exc:  # a read-only home: the answer holds for this process, measured again next time
         log.warning("%s: cannot keep the training-speed measurement (%s)", path, exc)
+        _UNKEPT[key] = entry
     return best
