@@ -320,6 +320,8 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Override the train config's seed: a fresh draw of every fold's training (run-to-run noise).")
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)),
               help="Override the train config's model (the zoo; `make zoo` runs each).")
 @post_processing
@@ -333,9 +335,10 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
                    "unet_plain (no interior channel, no stain jitter, threshold 0.5) or stardist (extra 'peers').")
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
-       train_config: Path | None, epochs: int | None, model_name: str | None, threshold: float | None,
-       min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str,
-       tta: bool, workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
+       train_config: Path | None, epochs: int | None, seed: int | None, model_name: str | None,
+       threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+       split_touching: bool, tune_by: str, tta: bool, workers: int | None, force: bool,
+       peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
@@ -343,7 +346,7 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     check_folds(only, folds)
     scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
-    flags = {"epochs": epochs, "model.name": model_name}
+    flags = {"epochs": epochs, "seed": seed, "model.name": model_name}
     train_cfg = load_train_config(train_config, {k: v for k, v in flags.items() if v is not None})
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
                              progress=obj["progress"], force=force, peers=tuple(dict.fromkeys(peers)))

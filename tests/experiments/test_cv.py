@@ -103,12 +103,14 @@ def test_cv_command_runs_a_subset_of_folds(release_root: Path, tmp_path: Path) -
                                          "[model]\nlevels = 2\nbase_filters = 4\n")
     (tmp_path / "data.toml").write_text("[augment]\nsplits = []\n")
     result = CliRunner().invoke(main, ["-q", "cv", "--raw", str(release_root), "--out", str(tmp_path / "cv"),
-                                       "--folds", "4", "--fold", "2", "--train-config", str(tmp_path / "train.toml"),
+                                       "--folds", "4", "--fold", "2", "--seed", "7", "--train-config", str(tmp_path / "train.toml"),
                                        "--dataset-config", str(tmp_path / "data.toml"), "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "aji" in result.output and not (tmp_path / "cv" / "fold0").exists()
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     assert summary["settings"]["evaluated_folds"] == [2] and summary["aji"]["sd"] == 0.0
+    # --seed overrides the train config's (default 0) and is part of the fold run's identity
+    assert json.loads((tmp_path / "cv" / "fold2" / "run" / "config.json").read_text())["config"]["seed"] == 7
     bad = CliRunner().invoke(main, ["cv", "--raw", str(release_root), "--folds", "3", "--fold", "5"])
     assert bad.exit_code == 1 and "--fold 5: must be in [0, 3)" in bad.output
 
