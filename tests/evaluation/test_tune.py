@@ -8,7 +8,7 @@ import numpy as np
 from skimage.draw import disk
 
 from tnbc_pipeline.config import PostProcess
-from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, score, searched
+from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, beyond, score, searched
 
 CHANNELS = ("mask", "interior")
 
@@ -41,12 +41,33 @@ def test_ascent_finds_the_known_best_threshold_and_area() -> None:
     assert at_edge(post, ["threshold", "core_threshold", "min_area"]) == []
 
 
-def test_a_choice_at_the_edge_of_its_grid_is_reported() -> None:
-    cases = [_case(0.99, 0.93)]  # the background is above every threshold but the last (0.95)
-    post, _ = ascend(PostProcess(min_area=0), ["threshold"], cases, CHANNELS, "dice")
-    assert post.threshold == SEARCH["threshold"][-1] == 0.95
+def test_the_sweep_never_keeps_its_own_edge() -> None:
+    # The background at 0.93 is above every threshold but the grid's last (0.95), which is perfect; the
+    # sweep tries 0.975 past it too (perfect as well: the tie keeps 0.95, nearer the start), so 0.95 is no
+    # longer the edge of what was tried.
+    post, scores = ascend(PostProcess(min_area=0), ["threshold"], [_case(0.99, 0.93)], CHANNELS, "dice")
+    assert post.threshold == SEARCH["threshold"][-1] == 0.95 and at_edge(post, ["threshold"]) == []
+    assert list(scores["threshold"])[-2:] == ["0.95", "0.975"] and scores["threshold"]["0.975"] == 1.0
+    # The background at 0.96 with bands at 0.6 and 0.93: the higher the threshold the better, and only one
+    # past the grid is perfect; 0.975 is found, and it is the limit (within 0.04 of 1), so it is an edge.
+    probs, truth = _case(0.99, 0.96)
+    probs[:, 88:, 0], probs[60:, :, 0] = 0.6, 0.93
+    post, scores = ascend(PostProcess(min_area=0), ["threshold"], [(probs, truth)], CHANNELS, "dice")
+    assert post.threshold == 0.975 and scores["threshold"]["0.95"] < 1.0 == scores["threshold"]["0.975"]
     assert at_edge(post, ["threshold"]) == ["threshold"]
     assert at_edge(PostProcess(min_area=0), ["min_area"]) == []  # min_area 0 is "no removal", not an edge
+
+
+def test_what_lies_beyond_each_grid() -> None:
+    assert [beyond("core_threshold", v, True) for v in (0.9, 0.95, 0.975)] == [0.95, 0.975, None]
+    assert [beyond("threshold", v, False) for v in (0.05, 0.025)] == [0.025, None]
+    assert [beyond("min_core", v, True) for v in (64, 128, 256)] == [128, 256, None]
+    assert [beyond("min_core", v, False) for v in (2, 1)] == [1, None]
+    assert (beyond("min_area", 160, True), beyond("min_area", 1280, True), beyond("min_area", 0, False)) == (
+        320, None, None)
+    assert beyond("orphans", True, True) is None
+    post = PostProcess(core_threshold=0.975, min_core=256, min_area=640)
+    assert at_edge(post, ["core_threshold", "min_core", "min_area"]) == ["core_threshold", "min_core"]
 
 
 def test_ascent_drops_a_small_false_core_by_min_core() -> None:

@@ -4,9 +4,9 @@ The fields the user did not fix -- the mask threshold, the least object area and
 interior channel, the core threshold, the least core and whether a coreless object counts -- are
 searched by coordinate ascent over SEARCH: each field in turn takes the value of its grid with the
 highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
-nothing (at most PASSES). The valid images are
-predicted once. A choice at the edge of its grid is said in one warning line and recorded (`at_edge`),
-so a grid that is too narrow shows. The choice is bound to the model's sha256 and identified by
+nothing (at most PASSES). The valid images are predicted once. The sweep never keeps its own edge: while
+the best value is the last (or first) of the values tried, the next one past it (`beyond`) is tried too,
+up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`). The choice is bound to the model's sha256 and identified by
 everything it depends on (model, valid records, fixed fields, grids, criterion, TTA), so a changed input
 is chosen again.
 """
@@ -41,6 +41,12 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     # interior models: a mask object with no core kept as a nucleus or removed as a false one (BENCHMARKS.md §1h)
     "orphans": (True, False),
 }
+# Past a grid's end: probabilities step halfway to 0 or 1 while PROB_MARGIN or more from it (0.9 -> 0.95 ->
+# 0.975), sizes double or halve within SIZE_LIMITS (64 -> 128 -> 256; min_core 2 -> 1). min_area 0 is "no
+# removal", the true lower end. BENCHMARKS.md §1k: core_threshold 0.9 was chosen on 3 of 8 fold models.
+PROB_MARGIN = 0.04
+SIZE_LIMITS = {"min_area": (0, 1280), "min_core": (1, 256)}
+BEYOND_RULE = {"prob_margin": PROB_MARGIN, "size_limits": SIZE_LIMITS}  # part of every choice's identity
 CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes none
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
@@ -64,12 +70,26 @@ def searched(run: RunModel, fixed_fields: set[str]) -> list[str]:
     return [f for f in SEARCH if f not in fixed_fields and (f not in CORE_FIELDS or cores)]
 
 
+def beyond(field: str, value: float | int, up: bool) -> float | int | None:
+    """The value tried after `value` when it is the best and the end of what was tried (upward if `up`), or
+    None at the field's limit (and for `orphans`, a choice of two cases)."""
+    if field in SIZE_LIMITS:
+        low, high = SIZE_LIMITS[field]
+        nxt = 2 * value if up else value // 2
+        return nxt if low <= nxt <= high and nxt != value and (up or value > low) else None
+    if field in ("threshold", "core_threshold"):
+        gap = 1 - value if up else value
+        return round(value + gap / 2 if up else value / 2, 4) if gap >= PROB_MARGIN else None
+    return None
+
+
 def tuning_identity(run: RunModel, records_index: str, start: PostProcess, fields: list[str],
                     criterion: str) -> identity.Identity:
     """What a choice depends on; its digest is stored with the choice."""
     held = {k: v for k, v in to_dict(start).items() if k not in fields}
     return identity.Identity("postprocess", {"fixed": held, "search": {f: SEARCH[f] for f in fields},
-                                             "criterion": criterion, "split": "valid", "tta": run.tta},
+                                             "beyond": BEYOND_RULE, "criterion": criterion, "split": "valid",
+                                             "tta": run.tta},
                              {"model": run.model_sha256, "records_index": records_index})
 
 
@@ -81,19 +101,36 @@ def score(post: PostProcess, cases: list[tuple[np.ndarray, np.ndarray]], channel
     return float(np.mean([image_metrics(truth, segment(p, channels, post))[criterion] for p, truth in cases]))
 
 
+def _key(value: float | int | bool) -> str:
+    """A grid value as a scores key: 0.50 -> "0.50", 0.975 -> "0.975", 64 -> "64"."""
+    if isinstance(value, float):
+        return f"{value:.2f}" if round(value, 2) == value else f"{value:.4f}".rstrip("0")
+    return str(value)
+
+
 def ascend(start: PostProcess, fields: list[str], cases: list[tuple[np.ndarray, np.ndarray]],
            channels: tuple[str, ...], criterion: str) -> tuple[PostProcess, dict[str, dict[str, float]]]:
     """Coordinate ascent from `start` over SEARCH[field] for `fields`: (the best PostProcess, the criterion
-    of every value of each field in the last pass). Ties keep the value closest to the current one."""
+    of every value of each field in the last pass, in order). Ties keep the value closest to the current one;
+    a best value at the end of those tried extends them by `beyond` (kept for the later passes)."""
     post, scores = start, {}
+    grids = {f: list(SEARCH[f]) for f in fields}
     for _ in range(PASSES):
         before = post
         for f in fields:
-            tried = {v: score(dataclasses.replace(post, **{f: v}), cases, channels, criterion) for v in SEARCH[f]}
+            tried = {v: score(dataclasses.replace(post, **{f: v}), cases, channels, criterion) for v in grids[f]}
             current = getattr(post, f)
-            best = max(tried, key=lambda v: (round(tried[v], 6), -abs(v - current)))
+            while True:
+                best = max(tried, key=lambda v: (round(tried[v], 6), -abs(v - current)))
+                ends = [(up, beyond(f, best, up)) for up, end in ((True, grids[f][-1]), (False, grids[f][0]))
+                        if best == end and len(grids[f]) > 1]
+                nxt = next(((up, v) for up, v in ends if v is not None), None)
+                if nxt is None:
+                    break
+                grids[f] = grids[f] + [nxt[1]] if nxt[0] else [nxt[1]] + grids[f]
+                tried[nxt[1]] = score(dataclasses.replace(post, **{f: nxt[1]}), cases, channels, criterion)
             post = dataclasses.replace(post, **{f: best})
-            scores[f] = {f"{v:.2f}" if isinstance(v, float) else str(v): round(s, 4) for v, s in tried.items()}
+            scores[f] = {_key(v): round(tried[v], 4) for v in grids[f]}
         if post == before:
             break
     return post, scores
@@ -103,9 +140,13 @@ NO_EDGE = ("orphans",)  # a choice between two cases, not a range that could be 
 
 
 def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
-    """The fields chosen at the first or last value of their grid (min_area 0 means no removal: not an edge)."""
-    return [f for f in fields if f not in NO_EDGE
-            and (getattr(post, f) == SEARCH[f][-1] or (f != "min_area" and getattr(post, f) == SEARCH[f][0]))]
+    """The fields chosen at their limit: at or past an end of their grid with nothing `beyond` (min_area 0
+    means no removal: not an edge)."""
+    def edge(f: str, v: float | int) -> bool:
+        return ((v >= SEARCH[f][-1] and beyond(f, v, True) is None)
+                or (f != "min_area" and v <= SEARCH[f][0] and beyond(f, v, False) is None))
+
+    return [f for f in fields if f not in NO_EDGE and edge(f, getattr(post, f))]
 
 
 def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],
