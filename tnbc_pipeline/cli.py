@@ -16,8 +16,8 @@ import click
 from tnbc_pipeline import __version__
 from tnbc_pipeline.config import (Compression, InteriorTarget, Layout, LossName, ModelName, PeerName,
                                   PrecisionName, StainNorm, StrategyName, choices)
-from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, make_scoring, post_overrides, post_processing,
-                                       tune_by_option)
+from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, given, make_scoring, post_overrides,
+                                       post_processing, tune_by_option)
 from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
@@ -75,8 +75,7 @@ def fetch(obj: dict, out: Path, url: str | None, md5: str | None, sha256: str | 
 
     from tnbc_pipeline.data.fetch import Source, fetch as do_fetch
 
-    given = {"url": url, "md5": md5, "sha256": sha256, "size": size}
-    source = dataclasses.replace(Source(), **{k: v for k, v in given.items() if v is not None})
+    source = dataclasses.replace(Source(), **given({"url": url, "md5": md5, "sha256": sha256, "size": size}))
     click.echo(do_fetch(out, source, progress=obj["progress"]))
 
 
@@ -171,7 +170,7 @@ def records(obj: dict, dataset: Path, out: Path | None, config_path: Path | None
             raise TnbcError(f"{len(problems)} bad shard(s) in {out}")
         click.echo(f"{out}: every shard matches the index and every record parses")
         return
-    overrides = {k: v for k, v in {"shard_mb": shard_mb, "compression": compression}.items() if v is not None}
+    overrides = given({"shard_mb": shard_mb, "compression": compression})
     cfg = load_config(RecordsConfig, config_path, overrides)
     summary = build_records(dataset, out, cfg, force=force, progress=obj["progress"])
     if not summary.changed:
@@ -221,7 +220,7 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
              "stain_jitter": stain_jitter, "model.stain_norm": stain_norm, "epochs": epochs, "steps_per_epoch":
              steps_per_epoch, "batch_size": batch_size, "patch": patch, "lr": lr, "loss": loss, "seed": seed,
              "strategy": strategy, "precision": precision, "jit": jit}
-    cfg = load_train_config(config_path, {k: v for k, v in flags.items() if v is not None})
+    cfg = load_train_config(config_path, given(flags))
     run_dir = run_dir or Path("runs") / (config_path.stem if config_path else "default")
     done = run_training(records, run_dir, cfg, force=force, skip_bad=skip_bad_shards, progress=obj["progress"])
     best = done.get("best", {})
@@ -320,8 +319,7 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
-              help="Override the train config's seed: a fresh draw of every fold's training (run-to-run noise).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Override the train config's seed (run-to-run noise).")
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)),
               help="Override the train config's model (the zoo; `make zoo` runs each).")
 @post_processing
@@ -335,10 +333,9 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
                    "unet_plain (no interior channel, no stain jitter, threshold 0.5) or stardist (extra 'peers').")
 @click.pass_obj
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
-       train_config: Path | None, epochs: int | None, seed: int | None, model_name: str | None,
-       threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-       split_touching: bool, tune_by: str, tta: bool, workers: int | None, force: bool,
-       peers: tuple[str, ...]) -> None:
+       train_config: Path | None, epochs: int | None, seed: int | None, model_name: str | None, threshold: float | None,
+       min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str,
+       tta: bool, workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
@@ -346,8 +343,7 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
     check_folds(only, folds)
     scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
-    flags = {"epochs": epochs, "seed": seed, "model.name": model_name}
-    train_cfg = load_train_config(train_config, {k: v for k, v in flags.items() if v is not None})
+    train_cfg = load_train_config(train_config, given({"epochs": epochs, "seed": seed, "model.name": model_name}))
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
                              progress=obj["progress"], force=force, peers=tuple(dict.fromkeys(peers)))
     for name, s in [("ours", summary), *summary.get("peers", {}).items()]:

@@ -42,6 +42,11 @@ def tune_by_option(command: Callable) -> Callable:
                              "(mean over the valid images).")(command)
 
 
+def given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user gave (not None), by name: the overrides of a config."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def post_overrides(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
                split_touching: bool) -> dict[str, Any]:
     """The PostProcess fields the user gave, by name."""
@@ -49,9 +54,8 @@ def post_overrides(threshold: float | None, min_area: int | None, instances: str
         if instances not in (None, "watershed"):
             raise TnbcError(f"--split-touching is --instances watershed; it contradicts --instances {instances}")
         instances = "watershed"
-    given = {"threshold": threshold, "min_area": min_area, "instances": None if instances == "auto" else instances,
-             "core_threshold": core_threshold}
-    return {k: v for k, v in given.items() if v is not None}
+    return given({"threshold": threshold, "min_area": min_area, "instances": None if instances == "auto" else instances,
+                  "core_threshold": core_threshold})
 
 
 def check_folds(only: tuple[int, ...], folds: int) -> None:

@@ -6,9 +6,9 @@ searched by coordinate ascent over SEARCH: each field in turn takes the value of
 highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
 nothing (at most PASSES). The valid images are predicted once. The sweep never keeps its own edge: while
 the best value is the last (or first) of the values tried, the next one past it (`beyond`) is tried too,
-up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`). The choice is bound to the model's sha256 and identified by
-everything it depends on (model, valid records, fixed fields, grids, criterion, TTA), so a changed input
-is chosen again.
+up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
+The choice is bound to the model's sha256 and identified by everything it depends on (model, valid
+records, fixed fields, grids and the rule past them, criterion, TTA), so a changed input is chosen again.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def choose(run: RunModel, records: Path, records_index: str, start: PostProcess,
     post, scores = ascend(start, fields, cases, run.channels, criterion)
     edges = at_edge(post, fields)
     if edges:
-        log.warning("%s: %s chosen at the edge of the grid; the best value may lie beyond it", run.run_dir,
+        log.warning("%s: %s chosen at the limit of its search; the best value may lie beyond it", run.run_dir,
                     ", ".join(f"{f}={getattr(post, f)}" for f in edges))
     log.info("%s: chose %s on %d valid images (mean %s %.4f)", run.run_dir,
              ", ".join(f"{f}={getattr(post, f)}" for f in fields), len(cases), criterion,
