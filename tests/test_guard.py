@@ -52,7 +52,8 @@ OPTIONS = {
     "eval": ["--run-dir", "--records", "--split", "--threshold", "--min-area", "--instances", "--out", "--tta",
              "--no-tta", "--tune-by"],
     "infer": ["--run-dir", "--images", "--out", "--masks", "--threshold", "--min-area", "--instances"],
-    "cv": ["--raw", "--out", "--folds", "--fold", "--epochs", "--seed", "--train-config", "--dataset-config", "--min-area"],
+    "cv": ["--raw", "--out", "--folds", "--fold", "--epochs", "--seed", "--train-config", "--dataset-config",
+           "--min-area"],
     "study": ["--raw", "--out", "--folds", "--fold", "--elastic", "--train-config", "--epochs"],
 }
 FLAGS = {"--force", "--verify", "--tta", "--no-tta"}

@@ -103,7 +103,8 @@ def test_cv_command_runs_a_subset_of_folds(release_root: Path, tmp_path: Path) -
                                          "[model]\nlevels = 2\nbase_filters = 4\n")
     (tmp_path / "data.toml").write_text("[augment]\nsplits = []\n")
     result = CliRunner().invoke(main, ["-q", "cv", "--raw", str(release_root), "--out", str(tmp_path / "cv"),
-                                       "--folds", "4", "--fold", "2", "--seed", "7", "--train-config", str(tmp_path / "train.toml"),
+                                       "--folds", "4", "--fold", "2", "--seed", "7",
+                                       "--train-config", str(tmp_path / "train.toml"),
                                        "--dataset-config", str(tmp_path / "data.toml"), "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "aji" in result.output and not (tmp_path / "cv" / "fold0").exists()

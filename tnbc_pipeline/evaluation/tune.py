@@ -122,13 +122,12 @@ def ascend(start: PostProcess, fields: list[str], cases: list[tuple[np.ndarray, 
             current = getattr(post, f)
             while True:
                 best = max(tried, key=lambda v: (round(tried[v], 6), -abs(v - current)))
-                ends = [(up, beyond(f, best, up)) for up, end in ((True, grids[f][-1]), (False, grids[f][0]))
-                        if best == end and len(grids[f]) > 1]
-                nxt = next(((up, v) for up, v in ends if v is not None), None)
+                at_end = len(grids[f]) > 1 and best in (grids[f][0], grids[f][-1])
+                nxt = beyond(f, best, best == grids[f][-1]) if at_end else None
                 if nxt is None:
                     break
-                grids[f] = grids[f] + [nxt[1]] if nxt[0] else [nxt[1]] + grids[f]
-                tried[nxt[1]] = score(dataclasses.replace(post, **{f: nxt[1]}), cases, channels, criterion)
+                grids[f] = grids[f] + [nxt] if nxt > best else [nxt] + grids[f]
+                tried[nxt] = score(dataclasses.replace(post, **{f: nxt}), cases, channels, criterion)
             post = dataclasses.replace(post, **{f: best})
             scores[f] = {_key(v): round(tried[v], 4) for v in grids[f]}
         if post == before:
