@@ -49,12 +49,10 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
     threshold, min_area = summary["postprocess"]["threshold"], summary["postprocess"]["min_area"]
     assert threshold == summary["threshold"] and min_area == summary["min_area"]
-    scores = chosen["scores"]
-    assert set(scores) == {"threshold", "min_area", "tie_break", "at_edge"}  # no interior channel: no core threshold
-    assert list(scores["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95
-    for field, value in (("threshold", f"{threshold:.2f}"), ("min_area", str(min_area))):  # the best but for a tie
-        tied = {v for v, s in scores[field].items() if max(scores[field].values()) - s <= tune.TIE_TOLERANCE + 1e-4}
-        assert value in tied and scores["tie_break"][field][value] == max(scores["tie_break"][field][v] for v in tied)
+    assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge"}  # no interior channel: no core threshold
+    assert list(chosen["scores"]["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95
+    assert chosen["scores"]["threshold"][f"{threshold:.2f}"] == max(chosen["scores"]["threshold"].values())
+    assert chosen["scores"]["min_area"][str(min_area)] == max(chosen["scores"]["min_area"].values())
     assert chosen["criterion"] == "mean aji" and summary["instances"] == "components"
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     splits = json.loads((records.parent / "splits.json").read_text())

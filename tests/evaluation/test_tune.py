@@ -8,8 +8,7 @@ import numpy as np
 from skimage.draw import disk
 
 from tnbc_pipeline.config import PostProcess
-from tnbc_pipeline.evaluation.tune import (SEARCH, TIE_BREAK, TIE_TOLERANCE, ascend, at_edge, beyond, measure,
-                                          pick, score, searched)
+from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, beyond, score, searched
 
 CHANNELS = ("mask", "interior")
 
@@ -101,35 +100,3 @@ def test_the_core_fields_are_searched_together_for_interior_models_only() -> Non
     assert searched(plain, set()) == ["threshold", "min_area"]
     assert searched(interior, {"core_threshold"}) == ["threshold", "min_area"]  # min_core, orphans: defaults
     assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core", "orphans"]
-
-
-def test_a_near_tie_on_the_criterion_is_broken_by_the_second_metric() -> None:
-    # {least area: (AJI, PQ)}, a flat AJI curve as on a real fold: 0..60 lie within 0.002 of the best AJI (20)
-    # and 60 has the best PQ of those; 160 has a higher PQ still but is 0.011 AJI below the best: not tied.
-    tried = {0: (0.6564, 0.60), 20: (0.6568, 0.58), 60: (0.6550, 0.62), 160: (0.6456, 0.65)}
-    assert pick(tried, 30) == 60 and TIE_TOLERANCE == 0.002 and TIE_BREAK["aji"] == "pq"
-    assert pick(tried, 30, tolerance=0.0) == 20  # without the tolerance the best AJI alone decides
-    assert pick({0: (0.5, 0.7), 10: (0.5, 0.7), 40: (0.5, 0.7)}, 30) == 40  # a full tie: nearest the current
-
-
-def test_ascent_trades_a_sliver_of_aji_for_a_false_nucleus_less() -> None:
-    # Two disks of radius 28 (~2,460 px each) predicted exactly, and a 16 px nucleus of which only an 8 px
-    # strip is predicted (IoU 0.5: no match, so a false and a missed nucleus). Keeping the strip (least area 0)
-    # adds 8 px of overlap to AJI (+0.0016, inside the tolerance) and a false nucleus to PQ (0.67 against
-    # 0.8 without it): the tie goes to least area 10, the first value that removes the strip.
-    truth = np.zeros((128, 128), np.int32)
-    probs = np.zeros((128, 128, 1), np.float32)
-    for i, centre in enumerate(((32, 32), (92, 92)), start=1):
-        truth[disk(centre, 28, shape=truth.shape)] = i
-    truth[110:114, 8:12] = 3
-    probs[truth > 0, 0] = 0.9
-    probs[110:114, 8:12, 0] = 0.0
-    probs[110:112, 8:12, 0] = 0.9
-    cases, channels = [(probs, truth)], ("mask",)
-    start = PostProcess(threshold=0.5, min_area=0, instances="components")
-    kept, removed = measure(start, cases, channels, ("aji", "pq")), measure(
-        PostProcess(threshold=0.5, min_area=10, instances="components"), cases, channels, ("aji", "pq"))
-    assert 0 < kept[0] - removed[0] < TIE_TOLERANCE and (round(kept[1], 4), round(removed[1], 4)) == (0.6667, 0.8)
-    post, scores = ascend(start, ["min_area"], cases, channels, "aji")
-    assert post.min_area == 10 and scores["tie_break"]["by"] == "pq" and scores["tie_break"]["min_area"]["10"] == 0.8
-    assert ascend(start, ["min_area"], cases, channels, "aji", tolerance=0.0)[0].min_area == 0

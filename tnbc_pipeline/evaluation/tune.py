@@ -4,12 +4,11 @@ The fields the user did not fix -- the mask threshold, the least object area and
 interior channel, the core threshold, the least core and whether a coreless object counts -- are
 searched by coordinate ascent over SEARCH: each field in turn takes the value of its grid with the
 highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
-nothing (at most PASSES). Values within TIE_TOLERANCE of the best are a tie, which a second metric
-breaks (TIE_BREAK: PQ for AJI). The valid images are predicted once. The sweep never keeps its own edge: while
+nothing (at most PASSES). The valid images are predicted once. The sweep never keeps its own edge: while
 the best value is the last (or first) of the values tried, the next one past it (`beyond`) is tried too,
 up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
 The choice is bound to the model's sha256 and identified by everything it depends on (model, valid
-records, fixed fields, grids and the rules past them and for ties, criterion, TTA), so a changed input is chosen again.
+records, fixed fields, grids and the rule past them, criterion, TTA), so a changed input is chosen again.
 """
 
 from __future__ import annotations
@@ -48,12 +47,6 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
 PROB_MARGIN = 0.04
 SIZE_LIMITS = {"min_area": (0, 1280), "min_core": (1, 256)}
 BEYOND_RULE = {"prob_margin": PROB_MARGIN, "size_limits": SIZE_LIMITS}  # part of every choice's identity
-# Near-ties: on a handful of valid images a criterion difference under TIE_TOLERANCE (mean over the images) says
-# nothing -- BENCHMARKS.md §1k: least areas 0..80 within 0.0008 AJI on one fold, where AJI hardly sees small
-# objects but F1 counts each -- so every value that close to the best is tied and TIE_BREAK's metric decides.
-TIE_TOLERANCE = 0.002
-TIE_BREAK = {"aji": "pq", "f1": "pq", "pq": "aji", "dice": "aji"}  # criterion -> the metric that breaks its ties
-TIE_RULE = {"tolerance": TIE_TOLERANCE, "by": TIE_BREAK}  # part of every choice's identity
 CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes none
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
@@ -95,34 +88,17 @@ def tuning_identity(run: RunModel, records_index: str, start: PostProcess, field
     """What a choice depends on; its digest is stored with the choice."""
     held = {k: v for k, v in to_dict(start).items() if k not in fields}
     return identity.Identity("postprocess", {"fixed": held, "search": {f: SEARCH[f] for f in fields},
-                                             "beyond": BEYOND_RULE, "ties": TIE_RULE, "criterion": criterion, "split": "valid",
+                                             "beyond": BEYOND_RULE, "criterion": criterion, "split": "valid",
                                              "tta": run.tta},
                              {"model": run.model_sha256, "records_index": records_index})
 
 
-def measure(post: PostProcess, cases: list[tuple[np.ndarray, np.ndarray]], channels: tuple[str, ...],
-            metrics: tuple[str, ...]) -> tuple[float, ...]:
-    """The mean of each of `metrics` over (probabilities (H, W, C), truth labels (H, W)) cases segmented with
-    `post` (each case segmented once)."""
-    if set(metrics) == {"dice"}:  # pixels only: no instance matching needed
-        rows = [pixel_metrics(truth > 0, segment(p, channels, post) > 0) for p, truth in cases]
-    else:
-        rows = [image_metrics(truth, segment(p, channels, post)) for p, truth in cases]
-    return tuple(float(np.mean([r[m] for r in rows])) for m in metrics)
-
-
 def score(post: PostProcess, cases: list[tuple[np.ndarray, np.ndarray]], channels: tuple[str, ...],
           criterion: str) -> float:
-    """Mean `criterion` over the cases segmented with `post`."""
-    return measure(post, cases, channels, (criterion,))[0]
-
-
-def pick(tried: dict[Any, tuple[float, float]], current: float | int, tolerance: float = TIE_TOLERANCE) -> Any:
-    """The best of {value: (criterion, tie-break metric)}: of the values whose criterion is within `tolerance`
-    of the highest, the one with the highest tie-break metric, then criterion, then nearest `current`."""
-    top = max(c for c, _ in tried.values())
-    tied = [v for v, (c, _) in tried.items() if round(top - c, 6) <= tolerance]
-    return max(tied, key=lambda v: (round(tried[v][1], 6), round(tried[v][0], 6), -abs(v - current)))
+    """Mean `criterion` over (probabilities (H, W, C), truth labels (H, W)) cases segmented with `post`."""
+    if criterion == "dice":  # pixels only: no instance matching needed
+        return float(np.mean([pixel_metrics(truth > 0, segment(p, channels, post) > 0)["dice"] for p, truth in cases]))
+    return float(np.mean([image_metrics(truth, segment(p, channels, post))[criterion] for p, truth in cases]))
 
 
 def _key(value: float | int | bool) -> str:
@@ -133,34 +109,30 @@ def _key(value: float | int | bool) -> str:
 
 
 def ascend(start: PostProcess, fields: list[str], cases: list[tuple[np.ndarray, np.ndarray]],
-           channels: tuple[str, ...], criterion: str, tolerance: float = TIE_TOLERANCE
-           ) -> tuple[PostProcess, dict[str, dict[str, Any]]]:
+           channels: tuple[str, ...], criterion: str) -> tuple[PostProcess, dict[str, dict[str, float]]]:
     """Coordinate ascent from `start` over SEARCH[field] for `fields`: (the best PostProcess, the criterion
-    of every value of each field in the last pass, in order, and under "tie_break" the metric that broke
-    ties, by field). Each field takes `pick`'s value; a best value at the end of those tried extends them
-    by `beyond` (kept for the later passes)."""
-    post, scores, ties = start, {}, {}
-    metrics = (criterion, TIE_BREAK[criterion])
+    of every value of each field in the last pass, in order). Ties keep the value closest to the current one;
+    a best value at the end of those tried extends them by `beyond` (kept for the later passes)."""
+    post, scores = start, {}
     grids = {f: list(SEARCH[f]) for f in fields}
     for _ in range(PASSES):
         before = post
         for f in fields:
-            tried = {v: measure(dataclasses.replace(post, **{f: v}), cases, channels, metrics) for v in grids[f]}
+            tried = {v: score(dataclasses.replace(post, **{f: v}), cases, channels, criterion) for v in grids[f]}
             current = getattr(post, f)
             while True:
-                best = pick(tried, current, tolerance)
+                best = max(tried, key=lambda v: (round(tried[v], 6), -abs(v - current)))
                 at_end = len(grids[f]) > 1 and best in (grids[f][0], grids[f][-1])
                 nxt = beyond(f, best, best == grids[f][-1]) if at_end else None
                 if nxt is None:
                     break
                 grids[f] = grids[f] + [nxt] if nxt > best else [nxt] + grids[f]
-                tried[nxt] = measure(dataclasses.replace(post, **{f: nxt}), cases, channels, metrics)
+                tried[nxt] = score(dataclasses.replace(post, **{f: nxt}), cases, channels, criterion)
             post = dataclasses.replace(post, **{f: best})
-            scores[f] = {_key(v): round(tried[v][0], 4) for v in grids[f]}
-            ties[f] = {_key(v): round(tried[v][1], 4) for v in grids[f]}
+            scores[f] = {_key(v): round(tried[v], 4) for v in grids[f]}
         if post == before:
             break
-    return post, {**scores, "tie_break": {"by": metrics[1], "tolerance": tolerance, **ties}}
+    return post, scores
 
 
 NO_EDGE = ("orphans",)  # a choice between two cases, not a range that could be too narrow

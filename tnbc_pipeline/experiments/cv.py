@@ -50,12 +50,11 @@ class Scoring:
     tune_by: str = DEFAULT_TUNE_BY  # config.TuneBy: what the post-processing chosen on valid maximises
 
     def to_json(self) -> dict[str, Any]:
-        from tnbc_pipeline.evaluation.tune import BEYOND_RULE, SEARCH, TIE_RULE
+        from tnbc_pipeline.evaluation.tune import BEYOND_RULE, SEARCH
 
-        # the grids the valid search walks, how it extends them and breaks ties: a change changes every result
-        # chosen on it
+        # the grids the valid search walks and how it extends them: a change changes every result chosen on it
         return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by,
-                "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE, "ties": TIE_RULE}
+                "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE}
 
 
 def mark(out: Path, stage: str, settings: dict[str, Any]) -> None:
