@@ -87,10 +87,10 @@ infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASK
 
 all: dataset records train eval infer ## Install + the whole pipeline on RAW (the synthetic release by default); grows with each stage
 
-cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= FOLD= TRAIN_CONFIG= EPOCHS= INSTANCES= MIN_AREA= TTA=0|1 FORCE=1 PEERS="unet_plain stardist"
+cv: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Grouped k-fold CV by patient on RAW into CV_OUT: FOLDS= FOLD= TRAIN_CONFIG= EPOCHS= SEED= INSTANCES= MIN_AREA= TTA=0|1 FORCE=1 PEERS="unet_plain stardist"
 	$(TNBC) cv --raw $(RAW) --out $(CV_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
 		$(foreach f,$(FOLD),--fold $(f)) $(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) $(foreach p,$(PEERS),--peer $(p))
+		$(if $(SEED),--seed $(SEED)) $(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) $(foreach p,$(PEERS),--peer $(p))
 
 MODELS ?= unet attention_unet multires_unet unet3plus swin_unet efficient_unet deeplabv3plus unet_seed
 zoo: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Each model of MODELS through the same patient folds and budget (cv/zoo_NAME), then one table: FOLD="0 1" TRAIN_CONFIG= EPOCHS= TTA=0|1
@@ -98,10 +98,11 @@ zoo: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Each model of MODELS throu
 		--model $(m) $(foreach f,$(or $(FOLD),0 1),--fold $(f)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force) &&) true
 	$(BIN)/python -m benchmarks.zoo_table $(foreach m,$(MODELS),cv/zoo_$(m))
 
-study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS= FORCE=1
+study: install $(if $(filter $(SYNTH),$(RAW)),synth) ## Augmentation study on RAW into STUDY_OUT: FOLDS= FOLD="0 1" ELASTIC="110:8 400:10" TRAIN_CONFIG= EPOCHS= SEED= FORCE=1
 	$(TNBC) study --raw $(RAW) --out $(STUDY_OUT) --folds $(or $(FOLDS),4) --train-config $(TRAIN_CONFIG) \
 		$(foreach f,$(FOLD),--fold $(f)) $(foreach e,$(ELASTIC),--elastic $(e)) \
-		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force)
+		$(if $(CONFIG),--dataset-config $(CONFIG)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEED),--seed $(SEED)) \
+		$(POST_FLAGS) $(TUNE_FLAGS) $(if $(FORCE),--force)
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest -q

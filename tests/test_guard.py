@@ -54,7 +54,7 @@ OPTIONS = {
     "infer": ["--run-dir", "--images", "--out", "--masks", "--threshold", "--min-area", "--instances"],
     "cv": ["--raw", "--out", "--folds", "--fold", "--epochs", "--seed", "--train-config", "--dataset-config",
            "--min-area"],
-    "study": ["--raw", "--out", "--folds", "--fold", "--elastic", "--train-config", "--epochs"],
+    "study": ["--raw", "--out", "--folds", "--fold", "--elastic", "--train-config", "--epochs", "--seed"],
 }
 FLAGS = {"--force", "--verify", "--tta", "--no-tta"}
 OUTPUTS = {"--out", "--run-dir", "--dataset"}  # where a command may write (records: DATASET/tfrecords)

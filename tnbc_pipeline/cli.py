@@ -17,7 +17,7 @@ from tnbc_pipeline import __version__
 from tnbc_pipeline.config import (Compression, InteriorTarget, Layout, LossName, ModelName, PeerName,
                                   PrecisionName, StainNorm, StrategyName, choices)
 from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, given, make_scoring, post_overrides,
-                                       post_processing, tune_by_option)
+                                       post_processing, seed_option, tune_by_option)
 from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
@@ -319,7 +319,7 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
 @click.option("--dataset-config", type=click.Path(path_type=Path, dir_okay=False), help="Dataset TOML.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the time budget per fold).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Override the train config's seed (run-to-run noise).")
+@seed_option
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)),
               help="Override the train config's model (the zoo; `make zoo` runs each).")
 @post_processing
@@ -366,6 +366,7 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
               help="Dataset TOML: seed, split, PNG settings, and the 'full' arm's augmentation.")
 @click.option("--train-config", type=click.Path(path_type=Path, dir_okay=False), help="Train TOML or old INI.")
 @click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
+@seed_option
 @post_processing
 @tune_by_option
 @click.option("--tta/--no-tta", default=True, show_default=True,
@@ -374,9 +375,9 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
 @click.option("--force", is_flag=True, help="Retrain arms whose run was made with other settings (else refused).")
 @click.pass_obj
 def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], elastic: tuple[tuple[float, float], ...],
-          dataset_config: Path | None, train_config: Path | None, epochs: int | None, threshold: float | None,
-          min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
-          tune_by: str, tta: bool, workers: int | None, force: bool) -> None:
+          dataset_config: Path | None, train_config: Path | None, epochs: int | None, seed: int | None,
+          threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
+          split_touching: bool, tune_by: str, tta: bool, workers: int | None, force: bool) -> None:
     """Augmentation study: none / flips+rotations / + each elastic setting / + distortion and shrink."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.study import DEFAULT_ELASTIC, augmentation_study
@@ -384,7 +385,7 @@ def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], el
     check_folds(only, folds)
     scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
     data_cfg = load_config(DatasetConfig, dataset_config)
-    train_cfg = load_train_config(train_config, {"epochs": epochs} if epochs else {})
+    train_cfg = load_train_config(train_config, given({"epochs": epochs, "seed": seed}))
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,
                                  elastic or DEFAULT_ELASTIC, scoring, workers, progress=obj["progress"], force=force)
     click.echo(f"{'arm':<20} {'dice':>6} {'aji':>6} {'f1':>6} {'pq':>6}  regen s  elastic mean px")

@@ -42,6 +42,12 @@ def tune_by_option(command: Callable) -> Callable:
                              "(mean over the valid images).")(command)
 
 
+def seed_option(command: Callable) -> Callable:
+    """--seed of the commands that train per fold (cv, study): the train config's seed, for run-to-run noise."""
+    return click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+                        help="Override the train config's seed (run-to-run noise).")(command)
+
+
 def given(flags: dict[str, Any]) -> dict[str, Any]:
     """The flags the user gave (not None), by name: the overrides of a config."""
     return {k: v for k, v in flags.items() if v is not None}

@@ -153,6 +153,24 @@ def test_study_command_checks_its_flags(release_root: Path) -> None:
         assert result.exit_code != 0 and message in result.output, result.output
 
 
+def test_study_command_passes_seed_and_epochs_to_every_arm(release_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seed and --epochs override the train config of the study's runs (the peers' and arms' seed noise);
+    without them the config's own values stand."""
+    from tnbc_pipeline.cli import main
+
+    seen: list[TrainConfig] = []
+
+    def fake_study(raw, out, folds, only, data_cfg, train_cfg, *args, **kwargs):
+        seen.append(train_cfg)
+        return {"settings": {"arms": []}}
+
+    monkeypatch.setattr("tnbc_pipeline.experiments.study.augmentation_study", fake_study)
+    for flags in (["--seed", "7", "--epochs", "3"], []):
+        result = CliRunner().invoke(main, ["-q", "study", "--raw", str(release_root), *flags])
+        assert result.exit_code == 0, result.output
+    assert [(c.seed, c.epochs) for c in seen] == [(7, 3), (TrainConfig().seed, TrainConfig().epochs)]
+
+
 def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fold scored with the post-processing chosen on one grid is not reused once the grid changes."""
     from tnbc_pipeline.evaluation.tune import SEARCH
