@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from skimage.draw import disk
 
@@ -40,4 +42,4 @@ def test_a_dumbbell_core_is_split_at_its_waist_only_when_asked() -> None:
     probs = np.stack([cores.astype(np.float32), cores.astype(np.float32)], -1)  # mask = interior = the core
     post = CorePost(instances="interior", threshold=0.5, min_area=0, core_threshold=0.5, min_core=1)
     assert segment(probs, ("mask", "interior"), post).max() == 1  # core_split 0: the package's segment
-    assert segment(probs, ("mask", "interior"), CorePost(**{**post.__dict__, "core_split": 1.0})).max() == 2
+    assert segment(probs, ("mask", "interior"), dataclasses.replace(post, core_split=1.0)).max() == 2

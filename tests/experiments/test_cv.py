@@ -154,8 +154,8 @@ def test_study_command_checks_its_flags(release_root: Path) -> None:
 
 
 def test_study_command_passes_seed_and_epochs_to_every_arm(release_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--seed and --epochs override the train config of the study's runs (the peers' and arms' seed noise);
-    without them the config's own values stand."""
+    """--seed and --epochs override the train config of every arm's runs (the arms' seed noise); without them
+    the config's own values stand."""
     from tnbc_pipeline.cli import main
 
     seen: list[TrainConfig] = []
