@@ -32,6 +32,12 @@ def test_the_two_patient_valid_ablation_validates_on_two_patients_in_every_fold(
     assert default == {0: ["08"], 1: ["08"], 2: ["02", "06"], 3: ["08"]}  # what the ablation changes
 
 
+def test_the_offline_stain_arm_adds_stain_variants_only() -> None:
+    valid2 = load_config(DatasetConfig, ROOT / "configs" / "dataset_valid2.toml")
+    cfg = load_config(DatasetConfig, ROOT / "configs" / "dataset_stain.toml")
+    assert cfg == dataclasses.replace(valid2, augment=dataclasses.replace(valid2.augment, stain=(0.05, 0.1, 0.2)))
+
+
 def test_toml_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seed = 4\n[augment]\nalpha = [90, 130]\nsigma = [10.0]\n[split]\ntest = ["09", "10"]\n')

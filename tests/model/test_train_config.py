@@ -33,6 +33,7 @@ def test_shipped_configs_load() -> None:
         unet, model=dataclasses.replace(unet.model, interior=4, interior_target="distance"))
     assert load_train_config(ROOT / "configs" / "tnbc_macenko.toml") == dataclasses.replace(
         tnbc, stain_jitter=0.0, model=dataclasses.replace(tnbc.model, stain_norm="macenko"))
+    assert load_train_config(ROOT / "configs" / "tnbc_nojitter.toml") == dataclasses.replace(tnbc, stain_jitter=0.0)
 
 
 def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> None:
