@@ -1,6 +1,7 @@
 """Why nuclei are missed or false, per CV fold, and two ways to seed more nuclei (issue 13; BENCHMARKS.md §1m).
 
     python -m benchmarks.instance_errors cv/recipe_f32 cv/recipe_seed1 cv/recipe_seed2 [--cores distance|maxima]
+                                         [--fill-holes]
 
 For every fold of each `tnbc cv` folder: the fold's model predicts its valid and test originals with 8x TTA (as
 `tnbc eval` does), the post-processing is chosen on valid by the same coordinate ascent (`evaluation/tune.py`,
@@ -9,6 +10,7 @@ AJI), and the test images are scored and their errors counted. `--cores` adds on
             dumbbell of two touching nuclei' cores seeds two nuclei;
   maxima    `core_split` = h: the seeds are the h-maxima of the interior probability (Gaussian sigma 1) inside
             the cores (0 = off), so one core with two peaks seeds two nuclei.
+`--fill-holes` adds `fill_holes` (0/1): every nucleus's holes that no other nucleus occupies become its own.
 The variants live here, not in the package: on the twelve recipe models the search never chose them (§1m).
 Nothing is written; one line per fold and the means are printed.
 """
@@ -77,10 +79,23 @@ def maxima_cores(cores: np.ndarray, interior: np.ndarray, h: float) -> np.ndarra
 class CorePost(PostProcess):
     cores: str = "distance"  # how a core is split when core_split > 0 (GRIDS)
     core_split: float = 0.0  # h of that split; 0 = the package's post-processing unchanged
+    fill_holes: int = 0  # 1: fill each nucleus's holes (those no other nucleus occupies) after segmenting
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """Int labels (H, W) -> the same with each label's enclosed background given to it (other labels kept)."""
+    out = labels.copy()
+    for i, box in enumerate(ndimage.find_objects(labels), 1):
+        if box is not None:
+            out[box][ndimage.binary_fill_holes(labels[box] == i) & (labels[box] == 0)] = i
+    return out
 
 
 def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProcess) -> np.ndarray:
-    """`postprocess.segment`, with the cores split the `CorePost` way before they grow over the mask."""
+    """`postprocess.segment`, with the cores split the `CorePost` way before they grow over the mask, and the
+    nuclei's holes filled when `fill_holes`."""
+    if isinstance(post, CorePost) and post.fill_holes:
+        return fill_holes(segment(probabilities, channels, dataclasses.replace(post, fill_holes=0)))
     if not isinstance(post, CorePost) or post.core_split == 0 or post.instances != "interior":
         return pp.segment(probabilities, channels, post)
     mask = pp.remove_small(probabilities[..., channels.index("mask")] > post.threshold, post.min_area)
@@ -91,7 +106,8 @@ def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProc
     return pp._watershed(-interior.astype(np.float32), cores, mask, pp.label_instances(mask), post.orphans)
 
 
-def fold(fold_dir: Path, cores: str | None) -> tuple[PostProcess, dict[str, float], dict[str, int]]:
+def fold(fold_dir: Path, cores: str | None,
+         fill: bool = False) -> tuple[PostProcess, dict[str, float], dict[str, int]]:
     """One CV fold -> (the post-processing chosen on valid, test means, test error counts)."""
     from tnbc_pipeline.inference.predictor import RunModel
 
@@ -99,10 +115,11 @@ def fold(fold_dir: Path, cores: str | None) -> tuple[PostProcess, dict[str, floa
     records = fold_dir / "TNBC" / "tfrecords"
     cases = {s: [(run.predict(img), truth) for img, truth, *_ in tune.examples(records, s, False)]
              for s in ("valid", "test")}
-    fields = tune.searched(run, set()) + (["core_split"] if cores else [])
+    fields = tune.searched(run, set()) + (["core_split"] if cores else []) + (["fill_holes"] if fill else [])
     # the ascent of `tnbc eval`, scoring with this module's segment and searching core_split too
     grid = GRIDS[cores or "distance"]
-    with mock.patch.object(tune, "segment", segment), mock.patch.dict(tune.SEARCH, core_split=grid):
+    with mock.patch.object(tune, "segment", segment), \
+            mock.patch.dict(tune.SEARCH, core_split=grid, fill_holes=(0, 1)):
         post, _ = tune.ascend(CorePost(instances="interior", cores=cores or "distance"), fields, cases["valid"],
                               run.channels, "aji")
     scores, errors = [], dict.fromkeys(ERRORS, 0)
@@ -119,13 +136,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cv", nargs="+", type=Path, help="tnbc cv output folders")
     parser.add_argument("--cores", choices=sorted(GRIDS), help="add this core split to the valid search")
+    parser.add_argument("--fill-holes", action="store_true", help="add hole filling (on/off) to the valid search")
     args = parser.parse_args()
     rows = []
     for cv in args.cv:
         for fold_dir in sorted(cv.glob("fold[0-9]*")):
-            post, means, errors = fold(fold_dir, args.cores)
+            post, means, errors = fold(fold_dir, args.cores, args.fill_holes)
             chosen = {f: getattr(post, f) for f in ("threshold", "min_area", "core_threshold", "min_core", "orphans",
-                                                    "core_split")}
+                                                    "core_split", "fill_holes")}
             print(fold_dir, chosen, " ".join(f"{k}={v:.4f}" for k, v in means.items()), errors, flush=True)
             rows.append(means)
     print("mean", {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]})

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 from skimage.draw import disk
 
-from benchmarks.instance_errors import CorePost, error_kinds, segment, split_cores
+from benchmarks.instance_errors import CorePost, error_kinds, fill_holes, segment, split_cores
 
 
 def discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int = 6) -> np.ndarray:
@@ -43,3 +43,18 @@ def test_a_dumbbell_core_is_split_at_its_waist_only_when_asked() -> None:
     post = CorePost(instances="interior", threshold=0.5, min_area=0, core_threshold=0.5, min_core=1)
     assert segment(probs, ("mask", "interior"), post).max() == 1  # core_split 0: the package's segment
     assert segment(probs, ("mask", "interior"), dataclasses.replace(post, core_split=1.0)).max() == 2
+
+
+def test_fill_holes_fills_background_holes_only_and_only_when_asked() -> None:
+    labels = np.zeros((30, 60), np.int32)
+    labels[disk((15, 15), 10, shape=labels.shape)] = 1
+    labels[disk((15, 15), 4, shape=labels.shape)] = 0  # a ring: its hole is background
+    labels[disk((15, 45), 10, shape=labels.shape)] = 2
+    labels[disk((15, 45), 4, shape=labels.shape)] = 3  # a nucleus inside another's ring keeps its label
+    filled = fill_holes(labels)
+    assert (filled[disk((15, 15), 4, shape=labels.shape)] == 1).all()
+    assert np.array_equal(filled[:, 30:], labels[:, 30:]) and np.array_equal(filled[labels > 0], labels[labels > 0])
+    probs = np.stack([(labels == 1).astype(np.float32)] * 2, -1)  # the ring is mask and core
+    post = CorePost(instances="interior", threshold=0.5, min_area=0, core_threshold=0.5, min_core=1)
+    assert segment(probs, ("mask", "interior"), post)[15, 15] == 0
+    assert segment(probs, ("mask", "interior"), dataclasses.replace(post, fill_holes=1))[15, 15] == 1
