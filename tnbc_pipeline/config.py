@@ -33,7 +33,7 @@ EncoderWeights = Literal["none", "imagenet"]
 StainNorm = Literal["none", "macenko"]
 InteriorTarget = Literal["core", "distance"]
 FIXED_STRIDE = {"efficient_unet": 32, "deeplabv3plus": 16}  # encoder models: their output stride
-LossName = Literal["bce", "dice", "bce_dice", "iou", "bce_iou", "focal", "tversky"]
+LossName = Literal["bce", "dice", "bce_dice", "bce_dice_gap", "iou", "bce_iou", "focal", "tversky"]
 OptimizerName = Literal["adam", "adamw"]
 # plateau: ReduceLROnPlateau + EarlyStopping, the best epoch kept; cosine: lr -> min_lr, no early stop, last epoch kept
 ScheduleName = Literal["plateau", "cosine"]

@@ -78,3 +78,44 @@ def test_metrics_score_the_mask_channel_only_and_losses_every_channel() -> None:
                              (losses.MaskBinaryAccuracy(), 3 / 4)):  # pixels above 0.5: only [0, 1] of P
         metric.update_state(t2, p2)
         assert float(metric.result()) == pytest.approx(expected), metric.name
+
+
+def test_gap_map_marks_the_gap_between_two_nuclei_and_nothing_else() -> None:
+    t = np.zeros((1, 12, 16, 2), np.float32)
+    t[0, 3:9, 2:7, 0] = 1.0  # nucleus A: columns 2..6
+    t[0, 3:9, 8:13, 0] = 1.0  # nucleus B: columns 8..12, a 1-px gap at column 7
+    t[0, 4:8, 3:6, 1] = 1.0  # an interior channel: ignored by the map
+    gap = np.asarray(losses.gap_map(t))[0, ..., 0]
+    expected = np.zeros((12, 16), np.float32)
+    expected[3:9, 7] = 1.0  # exactly the gap: the squares are convex, and the 2-px margins to the edge stay open
+    np.testing.assert_array_equal(gap, expected)
+    lone = t.copy()
+    lone[0, :, 8:, 0] = 0.0  # one nucleus alone: no gap at all
+    assert float(np.asarray(losses.gap_map(lone)).sum()) == 0.0
+
+
+def test_bce_dice_gap_weighs_the_gap_pixels_by_hand() -> None:
+    t = np.zeros((1, 12, 16, 1), np.float32)
+    t[0, 3:9, 2:7, 0] = t[0, 3:9, 8:13, 0] = 1.0
+    p = np.full_like(t, 0.5)  # every pixel's BCE is ln 2
+    n, gaps = t.size, 6
+    dice = (2 * 0.5 * t.sum() + 1) / (t.sum() + 0.5 * n + 1)
+    weighted = math.log(2) * (n + (losses.GAP_WEIGHT - 1) * gaps) / n
+    assert _v(losses.bce_dice_gap_loss, t, p) == pytest.approx((weighted + 1 - dice) / 2, rel=1e-5)
+    # without a gap it is bce_dice exactly
+    lone = t.copy()
+    lone[0, :, 8:, 0] = 0.0
+    assert _v(losses.bce_dice_gap_loss, lone, p) == pytest.approx(_v(losses.bce_dice_loss, lone, p), rel=1e-6)
+
+
+def test_gap_map_is_scipys_closing_minus_the_mask() -> None:
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    masks = (ndi.uniform_filter(rng.random((4, 40, 40)), 5) > 0.52).astype(np.float32)  # blobs, gaps, notches
+    gap = np.asarray(losses.gap_map(masks[..., None]))[..., 0]
+    for m, g in zip(masks, gap):
+        window = np.ones((losses.GAP_WINDOW,) * 2, bool)
+        expected = ndi.binary_closing(m > 0, window, border_value=0) & (m == 0)
+        assert expected.sum() > 0
+        np.testing.assert_array_equal(g, expected.astype(np.float32))
