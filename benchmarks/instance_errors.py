@@ -65,7 +65,7 @@ def split_cores(cores: np.ndarray, h: float) -> np.ndarray:
     """int32 core labels (H, W) -> labels with each core split at the h-maxima of its distance transform."""
     dist = ndimage.distance_transform_edt(cores > 0)
     markers, _ = ndimage.label(h_maxima(dist, h) & (cores > 0), structure=pp.EIGHT)
-    return pp._watershed(-dist, markers.astype(np.int32), cores > 0, cores)
+    return pp.seeded_watershed(-dist, markers.astype(np.int32), cores > 0, cores)
 
 
 def maxima_cores(cores: np.ndarray, interior: np.ndarray, h: float) -> np.ndarray:
@@ -73,7 +73,7 @@ def maxima_cores(cores: np.ndarray, interior: np.ndarray, h: float) -> np.ndarra
     probability inside the cores (a core without one keeps its label)."""
     smooth = ndimage.gaussian_filter(interior.astype(np.float32), 1.0)
     markers, _ = ndimage.label(h_maxima(smooth, h) & (cores > 0), structure=pp.EIGHT)
-    return pp._watershed(-smooth, markers.astype(np.int32), cores > 0, cores)
+    return pp.seeded_watershed(-smooth, markers.astype(np.int32), cores > 0, cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProc
     cores = pp.label_instances(pp.remove_small(mask & (interior > post.core_threshold), post.min_core))
     cores = split_cores(cores, post.core_split) if post.cores == "distance" else \
         maxima_cores(cores, interior, post.core_split)
-    return pp._watershed(-interior.astype(np.float32), cores, mask, pp.label_instances(mask), post.orphans)
+    return pp.seeded_watershed(-interior.astype(np.float32), cores, mask, pp.label_instances(mask), post.orphans)
 
 
 def fold(fold_dir: Path, cores: str | None,

@@ -36,8 +36,8 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def _watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray,
-               orphans: bool = True) -> np.ndarray:
+def seeded_watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray,
+                     orphans: bool = True) -> np.ndarray:
     """Watershed of `landscape` from int32 `markers` inside `fg`; a component of `fg` without any marker
     (too thin, or its seed was missed) keeps its own label instead of joining a neighbour when `orphans`,
     else it is removed (no seed: taken for a false nucleus)."""
@@ -67,7 +67,7 @@ def split_touching(mask: np.ndarray, min_distance: int = 7) -> np.ndarray:
     peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return _watershed(-dist, markers, fg, components)
+    return seeded_watershed(-dist, markers, fg, components)
 
 
 def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float = 0.5, min_seed: int = 4,
@@ -80,7 +80,7 @@ def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float =
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     seeds = remove_small(fg & (interior > threshold), min_seed)
-    return _watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg), orphans)
+    return seeded_watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg), orphans)
 
 
 def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProcess) -> np.ndarray:
