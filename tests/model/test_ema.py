@@ -65,10 +65,15 @@ def test_the_saved_model_is_the_moving_average_and_training_continues_from_its_o
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_without_ema_the_saved_model_is_the_last_step(tmp_path: Path) -> None:
+def test_without_ema_the_saved_model_is_the_last_step_and_the_trajectory_is_the_same(tmp_path: Path) -> None:
     _, record, saved = _fit(tmp_path, 0.0)
     for got, want in zip(saved.trainable_variables, record.steps[-1]):
         np.testing.assert_array_equal(got.numpy(), want)
+    (tmp_path / "ema").mkdir()
+    _, averaged, _ = _fit(tmp_path / "ema", 0.5)  # the average never feeds back into the steps
+    for plain_step, ema_step in zip(record.steps, averaged.steps, strict=True):
+        for a, b in zip(plain_step, ema_step):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_ema_momentum_outside_0_1_is_refused() -> None:
