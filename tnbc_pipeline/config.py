@@ -266,9 +266,6 @@ class TrainConfig:
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
-    # > 0: the saved model holds an exponential moving average of the weights with this momentum, updated every
-    # step (Keras' optimizer `use_ema`; 0.995 averages over ~200 steps); 0: the last step's weights
-    ema_momentum: float = field(default=0.0, metadata=LATER)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device; multi_worker: TF_CONFIG
     # auto: mixed_float16 on GPUs (cc >= 7); on CPUs with native bf16 the faster of float32 and mixed_bfloat16
@@ -288,8 +285,6 @@ class TrainConfig:
             _check_choice(getattr(self, name), literal, name, name)
         if not 0.0 <= self.stain_jitter < 1.0:
             raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise TnbcError(f"ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
             raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
         for name, literal, what in (("strategy", StrategyName, "strategy"), ("precision", PrecisionName, "policy")):

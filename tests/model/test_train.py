@@ -272,22 +272,20 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identi
 
 
 def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> None:
-    """`model.stain_norm` (like interior_target and ema_momentum) came after runs were recorded: at "none" a run's
-    identity is what it was before the setting existed (so those runs are still reused); any other value is recorded."""
+    """`model.stain_norm` (like interior_target) came after runs were recorded: at "none" a run's identity is what it was before
+    the setting existed (so those runs are still reused); any other value is recorded."""
     from tnbc_pipeline.config import identity_dict, load_train_config, to_dict
     from tnbc_pipeline.identity import canonical
     from tnbc_pipeline.model.train import run_identity
 
     before = to_dict(TINY)
-    del before["model"]["stain_norm"], before["model"]["interior_target"], before["ema_momentum"]
+    del before["model"]["stain_norm"], before["model"]["interior_target"]
     assert identity_dict(TINY) == before
     assert run_identity(records, TINY, "float32").settings["config"] == canonical(before)
     macenko = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, stain_norm="macenko"))
     assert run_identity(records, macenko, "float32").settings["config"]["model"]["stain_norm"] == "macenko"
     assert run_identity(records, macenko, "float32").digest != run_identity(records, TINY, "float32").digest
     assert load_train_config(None, {"model.stain_norm": "macenko"}).model.stain_norm == "macenko"
-    ema = dataclasses.replace(TINY, ema_momentum=0.99)
-    assert run_identity(records, ema, "float32").settings["config"]["ema_momentum"] == 0.99
     with pytest.raises(TnbcError, match="model.stain_norm: unknown choice 'reinhard'"):
         ModelConfig(stain_norm="reinhard")
 

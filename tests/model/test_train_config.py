@@ -35,7 +35,6 @@ def test_shipped_configs_load() -> None:
         tnbc, stain_jitter=0.0, model=dataclasses.replace(tnbc.model, stain_norm="macenko"))
     assert load_train_config(ROOT / "configs" / "tnbc_nojitter.toml") == dataclasses.replace(tnbc, stain_jitter=0.0)
     assert load_train_config(ROOT / "configs" / "tnbc_gap.toml") == dataclasses.replace(tnbc, loss="bce_dice_gap")
-    assert load_train_config(ROOT / "configs" / "tnbc_ema.toml") == dataclasses.replace(tnbc, ema_momentum=0.995)
 
 
 def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -64,26 +63,8 @@ class BestModel(keras.callbacks.Callback):
         if value is not None and value < self.best:
             self.best = float(value) if self.monitor else math.inf
             tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
-            with averaged_weights(self.model):
-                self.model.save(tmp)
+            self.model.save(tmp)
             os.replace(tmp, self.path)
-
-
-@contextlib.contextmanager
-def averaged_weights(model: keras.Model):
-    """Inside: the model's trainable weights are its optimizer's moving averages (`use_ema`), if it keeps
-    them; after: the weights training left, exactly, so the next step and the backup continue from them."""
-    optimizer = model.optimizer
-    if not getattr(optimizer, "use_ema", False):
-        yield
-        return
-    trained = [v.numpy() for v in model.trainable_variables]
-    optimizer.finalize_variable_values(model.trainable_variables)
-    try:
-        yield
-    finally:
-        for variable, value in zip(model.trainable_variables, trained):
-            variable.assign(value)
 
 
 class Curves(keras.callbacks.Callback):

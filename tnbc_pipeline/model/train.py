@@ -70,8 +70,6 @@ def compile_model(model, cfg: TrainConfig) -> None:
     if cfg.schedule == "cosine":  # a function of the optimizer's step count, so a resumed run continues it
         rate = keras.optimizers.schedules.CosineDecay(cfg.lr, cfg.epochs * cfg.steps_per_epoch,
                                                       alpha=cfg.min_lr / cfg.lr)
-    if cfg.ema_momentum > 0:  # BestModel saves the average; fit's end swaps it into the model in memory
-        kwargs.update(use_ema=True, ema_momentum=cfg.ema_momentum)
     model.compile(optimizer=opt_cls(learning_rate=rate, clipvalue=cfg.clipvalue, **kwargs),
                   loss=losses.LOSSES[cfg.loss], metrics=losses.metrics(), jit_compile=cfg.jit)
 
