@@ -49,7 +49,9 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
     threshold, min_area = summary["postprocess"]["threshold"], summary["postprocess"]["min_area"]
     assert threshold == summary["threshold"] and min_area == summary["min_area"]
-    assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge"}  # no interior channel: no core threshold
+    assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge", "area_floor"}  # no interior: no core fields
+    floor = tune.area_floor([truth for _, truth, *_ in tune.examples(records, "valid", False)])  # the valid truth's
+    assert chosen["scores"]["area_floor"] == floor and min(int(v) for v in chosen["scores"]["min_area"]) == floor
     assert list(chosen["scores"]["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95
     assert chosen["scores"]["threshold"][f"{threshold:.2f}"] == max(chosen["scores"]["threshold"].values())
     assert chosen["scores"]["min_area"][str(min_area)] == max(chosen["scores"]["min_area"].values())

@@ -8,7 +8,7 @@ import numpy as np
 from skimage.draw import disk
 
 from tnbc_pipeline.config import PostProcess
-from tnbc_pipeline.evaluation.tune import SEARCH, ascend, at_edge, beyond, score, searched
+from tnbc_pipeline.evaluation.tune import SEARCH, area_floor, area_grid, ascend, at_edge, beyond, score, searched
 
 CHANNELS = ("mask", "interior")
 
@@ -68,6 +68,30 @@ def test_what_lies_beyond_each_grid() -> None:
     assert beyond("orphans", True, True) is None
     post = PostProcess(core_threshold=0.975, min_core=256, min_area=640)
     assert at_edge(post, ["core_threshold", "min_core", "min_area"]) == ["core_threshold", "min_core"]
+
+
+def test_the_least_area_floor_is_half_the_valid_truths_1st_percentile() -> None:
+    _, truth = _case(0.9, 0.1)
+    disk_area = int(np.count_nonzero(truth == 1))  # both disks have this area: every percentile is it
+    assert area_floor([truth]) == disk_area // 2 == 96  # 193 px
+    squares = np.zeros((40, 40), np.int32)
+    squares[0:4, 0:4], squares[10:18, 10:18], squares[20:28, 20:28] = 1, 2, 3  # 16, 64, 64 px
+    assert area_floor([squares, np.zeros((8, 8), np.int32)]) == 8  # 1st percentile 16 + 0.02 * 48 = 16.96
+    assert area_floor([np.zeros((8, 8), np.int32)]) == 0  # no nucleus: no floor
+    assert area_grid(0) == list(SEARCH["min_area"]) and area_grid(35) == [35, 40, 60, 80, 100, 130, 160]
+    assert (beyond("min_area", 35, False, 35), beyond("min_area", 80, False, 35)) == (None, 40)
+
+
+def test_ascent_keeps_the_least_area_at_or_above_its_floor() -> None:
+    # The 15 px blob is removed from 20 px on (the first test); every area from the floor 40 on is perfect, the
+    # tie keeps the floor (the start, 0, is raised to it) and the sweep does not step below it.
+    cases = [_case(0.9, 0.1, blob_p=0.9)]
+    post, scores = ascend(PostProcess(min_area=0), ["min_area"], cases, CHANNELS, "aji", floor=40)
+    assert post.min_area == 40 and list(scores["min_area"]) == ["40", "60", "80", "100", "130", "160"]
+    assert set(scores["min_area"].values()) == {1.0} and at_edge(post, ["min_area"]) == []
+    # a floor above the true nuclei (193 px) removes them: the floor bounds what can be chosen
+    post, scores = ascend(PostProcess(min_area=0), ["min_area"], cases, CHANNELS, "aji", floor=250)
+    assert post.min_area == 250 and scores["min_area"] == {"250": 0.0}
 
 
 def test_ascent_drops_a_small_false_core_by_min_core() -> None:

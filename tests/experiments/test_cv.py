@@ -173,10 +173,13 @@ def test_study_command_passes_seed_and_epochs_to_every_arm(release_root: Path, m
 
 def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fold scored with the post-processing chosen on one grid is not reused once the grid changes."""
-    from tnbc_pipeline.evaluation.tune import SEARCH
+    from tnbc_pipeline.evaluation.tune import AREA_FLOOR, SEARCH
     from tnbc_pipeline.experiments.cv import fold_identity
 
     before = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring())
     assert before.digest == fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
     monkeypatch.setitem(SEARCH, "min_core", (4, 8))
-    assert fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest != before.digest
+    grid = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    monkeypatch.setitem(AREA_FLOOR, "fraction", 1.0)  # the least area's floor rule is part of it too
+    floor = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    assert len({before.digest, grid, floor}) == 3

@@ -50,11 +50,13 @@ class Scoring:
     tune_by: str = DEFAULT_TUNE_BY  # config.TuneBy: what the post-processing chosen on valid maximises
 
     def to_json(self) -> dict[str, Any]:
-        from tnbc_pipeline.evaluation.tune import BEYOND_RULE, SEARCH
+        from tnbc_pipeline.evaluation.tune import AREA_FLOOR, BEYOND_RULE, SEARCH
 
-        # the grids the valid search walks and how it extends them: a change changes every result chosen on it
+        # the grids the valid search walks, how it extends them and the least area's floor: a change changes
+        # every result chosen on it
         return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by,
-                "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE}
+                "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE,
+                "area_floor": AREA_FLOOR}
 
 
 def mark(out: Path, stage: str, settings: dict[str, Any]) -> None:
