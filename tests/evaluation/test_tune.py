@@ -70,13 +70,13 @@ def test_what_lies_beyond_each_grid() -> None:
     assert at_edge(post, ["core_threshold", "min_core", "min_area"]) == ["core_threshold", "min_core"]
 
 
-def test_the_least_area_floor_is_half_the_valid_truths_1st_percentile() -> None:
+def test_the_least_area_floor_is_the_valid_truths_1st_percentile() -> None:
     _, truth = _case(0.9, 0.1)
     disk_area = int(np.count_nonzero(truth == 1))  # both disks have this area: every percentile is it
-    assert area_floor([truth]) == disk_area // 2 == 96  # 193 px
+    assert area_floor([truth]) == disk_area == 193
     squares = np.zeros((40, 40), np.int32)
     squares[0:4, 0:4], squares[10:18, 10:18], squares[20:28, 20:28] = 1, 2, 3  # 16, 64, 64 px
-    assert area_floor([squares, np.zeros((8, 8), np.int32)]) == 8  # 1st percentile 16 + 0.02 * 48 = 16.96
+    assert area_floor([squares, np.zeros((8, 8), np.int32)]) == 16  # 1st percentile 16 + 0.02 * 48 = 16.96
     assert area_floor([np.zeros((8, 8), np.int32)]) == 0  # no nucleus: no floor
     assert area_grid(0) == list(SEARCH["min_area"]) and area_grid(35) == [35, 40, 60, 80, 100, 130, 160]
     assert (beyond("min_area", 35, False, 35), beyond("min_area", 80, False, 35)) == (None, 40)

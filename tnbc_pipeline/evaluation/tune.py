@@ -51,8 +51,8 @@ BEYOND_RULE = {"prob_margin": PROB_MARGIN, "size_limits": SIZE_LIMITS}  # part o
 # The least area is searched from a floor: this fraction of this percentile of the truth nucleus areas on the
 # images it is chosen on. AJI hardly sees a small object, so its valid curve is flat from 0 to ~80 px and the
 # search took 10-30 px on that noise, where F1 and PQ count every small false nucleus (BENCHMARKS.md §1k, §1p,
-# §1q). Half, not all: a real nucleus's predicted object can be smaller than its truth.
-AREA_FLOOR = {"percentile": 1.0, "fraction": 0.5}
+# §1q).
+AREA_FLOOR = {"percentile": 1.0, "fraction": 1.0}
 CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes none
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
