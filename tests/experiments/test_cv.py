@@ -180,6 +180,6 @@ def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkey
     assert before.digest == fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
     monkeypatch.setitem(SEARCH, "min_core", (4, 8))
     grid = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
-    monkeypatch.setitem(AREA_FLOOR, "fraction", 1.0)  # the least area's floor rule is part of it too
+    monkeypatch.setitem(AREA_FLOOR, "fraction", AREA_FLOOR["fraction"] / 2)  # the floor's rule is part of it too
     floor = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
     assert len({before.digest, grid, floor}) == 3
