@@ -79,6 +79,7 @@ def test_the_least_area_floor_is_the_valid_truths_1st_percentile() -> None:
     assert area_floor([squares, np.zeros((8, 8), np.int32)]) == 16  # 1st percentile 16 + 0.02 * 48 = 16.96
     assert area_floor([np.zeros((8, 8), np.int32)]) == 0  # no nucleus: no floor
     assert area_grid(0) == list(SEARCH["min_area"]) and area_grid(35) == [35, 40, 60, 80, 100, 130, 160]
+    assert area_grid(250) == [250, 500]  # above the whole grid: a second value, so the sweep can go past it
     assert (beyond("min_area", 35, False, 35), beyond("min_area", 80, False, 35)) == (None, 40)
 
 
@@ -91,7 +92,7 @@ def test_ascent_keeps_the_least_area_at_or_above_its_floor() -> None:
     assert set(scores["min_area"].values()) == {1.0} and at_edge(post, ["min_area"]) == []
     # a floor above the true nuclei (193 px) removes them: the floor bounds what can be chosen
     post, scores = ascend(PostProcess(min_area=0), ["min_area"], cases, CHANNELS, "aji", floor=250)
-    assert post.min_area == 250 and scores["min_area"] == {"250": 0.0}
+    assert post.min_area == 250 and scores["min_area"] == {"250": 0.0, "500": 0.0}
 
 
 def test_ascent_drops_a_small_false_core_by_min_core() -> None:

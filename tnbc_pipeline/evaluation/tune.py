@@ -86,8 +86,10 @@ def area_floor(truths: list[np.ndarray]) -> int:
 
 
 def area_grid(floor: int) -> list[int]:
-    """SEARCH's least areas from `floor` on: those under it become the floor itself (its first value)."""
-    return sorted({max(int(v), floor) for v in SEARCH["min_area"]})
+    """SEARCH's least areas from `floor` on: those under it become the floor itself (its first value). A floor
+    above the whole grid (larger nuclei than the release's) gets its double too, so the search can go up."""
+    grid = sorted({max(int(v), floor) for v in SEARCH["min_area"]})
+    return grid if len(grid) > 1 else [floor, 2 * floor]
 
 
 def beyond(field: str, value: float | int, up: bool, floor: int = 0) -> float | int | None:
