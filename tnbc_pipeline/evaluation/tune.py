@@ -6,8 +6,9 @@ searched by coordinate ascent over SEARCH: each field in turn takes the value of
 highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
 nothing (at most PASSES). The valid images are predicted once. The sweep never keeps its own edge: while
 the best value is the last (or first) of the values tried, the next one past it (`beyond`) is tried too,
-up to the field's limit. The least area is searched only from a floor set by the valid truth (`area_floor`).
-A choice at that limit is said in one warning line and recorded (`at_edge`).
+up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
+The least area is searched only from a floor set by the valid truth (`area_floor`); a choice at the floor is
+no edge.
 The choice is bound to the model's sha256 and identified by everything it depends on (model, valid
 records, fixed fields, grids and the rule past them, criterion, TTA), so a changed input is chosen again.
 """
