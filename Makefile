@@ -77,9 +77,9 @@ train: install ## Train a U-Net on OUT/tfrecords into RUN: TRAIN_CONFIG= RUN= EP
 POST_FLAGS = $(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(filter 1,$(TTA)),--tta,--no-tta) \
 	$(if $(INSTANCES),--instances $(INSTANCES)) $(if $(MIN_AREA),--min-area $(MIN_AREA))
 # what eval, cv and study choose the post-processing on valid by (aji, f1, pq or dice)
-TUNE_FLAGS = $(if $(TUNE_BY),--tune-by $(TUNE_BY))
+TUNE_FLAGS = $(if $(TUNE_BY),--tune-by $(TUNE_BY)) $(if $(TUNE_ON),--tune-on $(TUNE_ON))
 
-eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= TTA=0|1 INSTANCES= MIN_AREA= TUNE_BY=
+eval: install ## Pixel + instance metrics of RUN on SPLIT (default test): SPLIT= THRESHOLD= TTA=0|1 INSTANCES= MIN_AREA= TUNE_BY= TUNE_ON=
 	$(TNBC) eval --run-dir $(RUN) --records $(OUT)/tfrecords --split $(SPLIT) $(POST_FLAGS) $(TUNE_FLAGS)
 
 infer: install ## Masks, probabilities, overlays for IMAGES into INFER_OUT (MASKS= adds metrics): THRESHOLD= TTA=0|1 INSTANCES= MIN_AREA=

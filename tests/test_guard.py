@@ -50,7 +50,7 @@ OPTIONS = {
     "train": ["--config", "--records", "--run-dir", "--epochs", "--lr", "--loss", "--patch", "--seed", "--strategy",
               "--force"],
     "eval": ["--run-dir", "--records", "--split", "--threshold", "--min-area", "--instances", "--out", "--tta",
-             "--no-tta", "--tune-by"],
+             "--no-tta", "--tune-by", "--tune-on"],
     "infer": ["--run-dir", "--images", "--out", "--masks", "--threshold", "--min-area", "--instances"],
     "cv": ["--raw", "--out", "--folds", "--fold", "--epochs", "--seed", "--train-config", "--dataset-config",
            "--min-area"],

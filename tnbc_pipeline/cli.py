@@ -17,7 +17,7 @@ from tnbc_pipeline import __version__
 from tnbc_pipeline.config import (Compression, InteriorTarget, Layout, LossName, ModelName, PeerName,
                                   PrecisionName, StainNorm, StrategyName, choices)
 from tnbc_pipeline.cli_options import (alpha_sigma, check_folds, given, make_scoring, post_overrides,
-                                       post_processing, seed_option, tune_by_option)
+                                       post_processing, seed_option, tuning_options)
 from tnbc_pipeline.errors import TnbcError, one_line
 
 log = logging.getLogger("tnbc_pipeline")
@@ -233,7 +233,7 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.option("--records", type=click.Path(path_type=Path), default=Path("dataset/TNBC/tfrecords"), show_default=True)
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @post_processing
-@tune_by_option
+@tuning_options
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the 8 flips/rotations (measured: better on every CV fold; --no-tta is 8x faster).")
 @click.option("--all-ops", is_flag=True, help="Score augmented copies too (default: original images only).")
@@ -241,12 +241,12 @@ def train(obj: dict, config_path: Path | None, records: Path, run_dir: Path | No
 @click.pass_obj
 def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, threshold: float | None,
                      min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool,
-                     tune_by: str, tta: bool, all_ops: bool, out: Path | None) -> None:
+                     tune_by: str, tune_on: str, tta: bool, all_ops: bool, out: Path | None) -> None:
     """Pixel (Dice, IoU, ...) and instance (AJI, F1@0.5, PQ) metrics of a run on a split."""
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
     overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
-    summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, progress=obj["progress"], tune_by=tune_by)
+    summary = evaluate(run_dir, records, split, overrides, tta, all_ops, out, obj["progress"], tune_by, tune_on)
     means = summary["mean_over_images"]
     post = summary["postprocess"]
     def how(name: str) -> str:
@@ -323,7 +323,7 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
 @click.option("--model", "model_name", type=click.Choice(choices(ModelName)),
               help="Override the train config's model (the zoo; `make zoo` runs each).")
 @post_processing
-@tune_by_option
+@tuning_options
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the 8 flips/rotations when scoring (measured: better on every CV fold).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
@@ -335,13 +335,13 @@ def infer(obj: dict, run_dir: Path, images: Path | None, slide: Path | None, out
 def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], dataset_config: Path | None,
        train_config: Path | None, epochs: int | None, seed: int | None, model_name: str | None, threshold: float | None,
        min_area: int | None, instances: str | None, core_threshold: float | None, split_touching: bool, tune_by: str,
-       tta: bool, workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
+       tune_on: str, tta: bool, workers: int | None, force: bool, peers: tuple[str, ...]) -> None:
     """Grouped k-fold cross-validation by patient: dataset, records, train, eval per fold; resumable."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.cv import REPORTED, cross_validate
 
     check_folds(only, folds)
-    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by, tune_on)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, given({"epochs": epochs, "seed": seed, "model.name": model_name}))
     summary = cross_validate(raw, out, folds, data_cfg, train_cfg, list(only) or None, scoring, workers,
@@ -368,7 +368,7 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
 @click.option("--epochs", type=int, help="Override the train config's epochs (the budget of every run).")
 @seed_option
 @post_processing
-@tune_by_option
+@tuning_options
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average the 8 flips/rotations when scoring (measured: better on every CV fold).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Dataset worker processes.")
@@ -377,13 +377,13 @@ def cv(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], datas
 def study(obj: dict, raw: Path, out: Path, folds: int, only: tuple[int, ...], elastic: tuple[tuple[float, float], ...],
           dataset_config: Path | None, train_config: Path | None, epochs: int | None, seed: int | None,
           threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-          split_touching: bool, tune_by: str, tta: bool, workers: int | None, force: bool) -> None:
+          split_touching: bool, tune_by: str, tune_on: str, tta: bool, workers: int | None, force: bool) -> None:
     """Augmentation study: none / flips+rotations / + each elastic setting / + distortion and shrink."""
     from tnbc_pipeline.config import DatasetConfig, load_config, load_train_config
     from tnbc_pipeline.experiments.study import DEFAULT_ELASTIC, augmentation_study
 
     check_folds(only, folds)
-    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by)
+    scoring = make_scoring(threshold, min_area, instances, core_threshold, split_touching, tta, tune_by, tune_on)
     data_cfg = load_config(DatasetConfig, dataset_config)
     train_cfg = load_train_config(train_config, given({"epochs": epochs, "seed": seed}))
     summary = augmentation_study(raw, out, folds, list(only) or list(range(folds)), data_cfg, train_cfg,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, InstanceMethod, TuneBy, choices
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, InstanceMethod, TuneBy, TuneOn, choices
 from tnbc_pipeline.errors import TnbcError
 
 
@@ -35,11 +35,14 @@ def post_processing(command: Callable) -> Callable:
     return command
 
 
-def tune_by_option(command: Callable) -> Callable:
-    """--tune-by of the commands that choose post-processing on valid (eval, cv, study)."""
+def tuning_options(command: Callable) -> Callable:
+    """--tune-by and --tune-on of the commands that choose post-processing (eval, cv, study)."""
+    command = click.option("--tune-on", type=click.Choice(choices(TuneOn)), default=DEFAULT_TUNE_ON,
+                           show_default=True, help="The originals the post-processing is chosen on: the valid "
+                           "patients', or the train patients' too (seen in training; BENCHMARKS.md §1r).")(command)
     return click.option("--tune-by", type=click.Choice(choices(TuneBy)), default=DEFAULT_TUNE_BY, show_default=True,
-                        help="What the post-processing fields not given are chosen on valid to maximise "
-                             "(mean over the valid images).")(command)
+                        help="What the post-processing fields not given are chosen to maximise "
+                             "(mean over the images they are chosen on).")(command)
 
 
 def seed_option(command: Callable) -> Callable:
@@ -71,10 +74,11 @@ def check_folds(only: tuple[int, ...], folds: int) -> None:
 
 
 def make_scoring(threshold: float | None, min_area: int | None, instances: str | None, core_threshold: float | None,
-                 split_touching: bool, tta: bool, tune_by: str):
+                 split_touching: bool, tta: bool, tune_by: str, tune_on: str):
     from tnbc_pipeline.experiments.cv import Scoring
 
-    return Scoring(post_overrides(threshold, min_area, instances, core_threshold, split_touching), tta, tune_by)
+    overrides = post_overrides(threshold, min_area, instances, core_threshold, split_touching)
+    return Scoring(overrides, tta, tune_by, tune_on)
 
 
 def alpha_sigma(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[float, float], ...]:

@@ -41,6 +41,10 @@ StrategyName = Literal["auto", "one_device", "mirrored", "multi_worker"]
 PrecisionName = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 TuneBy = Literal["aji", "f1", "pq", "dice"]  # what the post-processing chosen on valid maximises (mean over images)
 DEFAULT_TUNE_BY: TuneBy = "aji"
+# the originals the post-processing is chosen on: the valid patients, or with the train patients' too (in-sample
+# for the model, four times as many images; BENCHMARKS.md §1r)
+TuneOn = Literal["valid", "valid+train"]
+DEFAULT_TUNE_ON: TuneOn = "valid"
 PeerName = Literal["unet_plain", "stardist"]  # models `tnbc cv --peer` trains and scores beside ours
 InstanceMethod = Literal["components", "watershed", "interior"]
 Channel = Literal["mask", "interior"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tnbc_pipeline.config import AugmentConfig, DatasetConfig, ModelConfig, RecordsConfig, TrainConfig
+from tnbc_pipeline.config import (DEFAULT_TUNE_ON, AugmentConfig, DatasetConfig, ModelConfig, RecordsConfig,
+                                  TrainConfig, TuneOn, choices)
 from tnbc_pipeline.data.dataset import build_dataset
 from tnbc_pipeline.data.records import build_records
 from tnbc_pipeline.data.synth import synth_case
@@ -36,6 +37,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, release_root: Path) -> tuple[P
     return base / "run", records
 
 
+def _truths(records: Path, tune_on: str) -> list[np.ndarray]:
+    """The truth labels of the originals a choice `tune_on` ("valid" or "valid+train") is made on."""
+    return [truth for split in tune_on.split("+") for _, truth, *_ in tune.examples(records, split, False)]
+
+
 def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     from tnbc_pipeline.evaluation.evaluate import evaluate
 
@@ -46,11 +52,12 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
                  "identity.json", "nuclei.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     chosen = json.loads((run_dir / "postprocess.json").read_text())
-    assert chosen["chosen_on"] == "valid" and summary["postprocess"] == chosen["postprocess"]
+    assert chosen["chosen_on"] == DEFAULT_TUNE_ON == summary["tune_on"]
+    assert summary["postprocess"] == chosen["postprocess"]
     threshold, min_area = summary["postprocess"]["threshold"], summary["postprocess"]["min_area"]
     assert threshold == summary["threshold"] and min_area == summary["min_area"]
     assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge", "area_floor"}  # no interior: no core fields
-    floor = tune.area_floor([truth for _, truth, *_ in tune.examples(records, "valid", False)])  # the valid truth's
+    floor = tune.area_floor(_truths(records, DEFAULT_TUNE_ON))  # the truth's of the images it is chosen on
     assert chosen["scores"]["area_floor"] == floor and min(int(v) for v in chosen["scores"]["min_area"]) == floor
     assert list(chosen["scores"]["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95
     assert chosen["scores"]["threshold"][f"{threshold:.2f}"] == max(chosen["scores"]["threshold"].values())
@@ -169,6 +176,38 @@ def test_eval_results_know_what_made_them(run: tuple[Path, Path], tmp_path: Path
     again = evaluate(copy, records, "test", progress=False)
     assert again["model_sha256"] != first["model_sha256"] and again["identity"] != first["identity"]
     assert json.loads((copy / "postprocess.json").read_text())["model_sha256"] == again["model_sha256"]
+
+
+def test_the_choice_is_made_on_the_images_asked_for_and_only_the_default_is_saved(run: tuple[Path, Path],
+                                                                                tmp_path: Path) -> None:
+    from tnbc_pipeline.data.records import index_sha256
+    from tnbc_pipeline.evaluation.evaluate import evaluate
+    from tnbc_pipeline.inference.predictor import RunModel
+
+    run_dir, records = run
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    shutil.rmtree(copy / "eval_test", ignore_errors=True)
+    (copy / "postprocess.json").unlink(missing_ok=True)
+    assert len(_truths(records, "valid+train")) > len(_truths(records, "valid")) > 0  # two different image sets
+    model, index = RunModel(copy), index_sha256(records)
+    digests = set()
+    for tune_on in choices(TuneOn):
+        post, source, scores = tune.resolve(model, records, index, {}, "aji", False, tune_on)
+        assert source == f"chosen on {tune_on}" and scores["area_floor"] == tune.area_floor(_truths(records, tune_on))
+        cases = [(model.predict(x), t) for split in tune_on.split("+")
+                 for x, t, *_ in tune.examples(records, split, False)]
+        best = tune.score(post, cases, model.channels, "aji")  # the mean over exactly those images, as recorded
+        assert scores["min_area"][str(post.min_area)] == pytest.approx(best, abs=5e-5)  # min_area: searched last
+        digests.add(tune.tuning_identity(model, index, model.default_postprocess(), ["threshold", "min_area"], "aji",
+                                         tune_on).digest)
+        saved = json.loads((copy / "postprocess.json").read_text()) if (copy / "postprocess.json").exists() else {}
+        assert saved.get("chosen_on") == DEFAULT_TUNE_ON  # only the default choice is the run's (infer's) decision
+    assert len(digests) == 2  # a choice on other images is another choice, never reused for the default
+    other = next(t for t in choices(TuneOn) if t != DEFAULT_TUNE_ON)
+    summary = evaluate(copy, records, "test", progress=False, tune_on=other, out=tmp_path / "other")
+    assert summary["tune_on"] == other and summary["postprocess_source"] == f"chosen on {other}"
+    default = evaluate(copy, records, "test", progress=False)  # the saved default choice, reused
+    assert default["postprocess_source"] == f"postprocess.json (chosen on {DEFAULT_TUNE_ON})"
 
 
 def test_a_choice_made_for_another_model_is_not_used(run: tuple[Path, Path], tmp_path: Path, caplog) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tnbc_pipeline.config import AugmentConfig, DatasetConfig, ModelConfig, TrainConfig
+from tnbc_pipeline.config import (DEFAULT_TUNE_ON, AugmentConfig, DatasetConfig, ModelConfig, TrainConfig, TuneOn,
+                                  choices)
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.experiments.cv import REPORTED, Scoring, cross_validate
 
@@ -178,6 +179,9 @@ def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkey
 
     before = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring())
     assert before.digest == fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    pooled = [fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring(tune_on=t)).digest
+              for t in choices(TuneOn)]  # the images the post-processing is chosen on are part of it
+    assert len(set(pooled)) == 2 and pooled[choices(TuneOn).index(DEFAULT_TUNE_ON)] == before.digest
     monkeypatch.setitem(SEARCH, "min_core", (4, 8))
     grid = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
     monkeypatch.setitem(AREA_FLOOR, "fraction", AREA_FLOOR["fraction"] / 2)  # the floor's rule is part of it too

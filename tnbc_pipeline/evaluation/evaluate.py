@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, MASK_CHANNEL, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, MASK_CHANNEL, to_dict
 from tnbc_pipeline.data.records import index_sha256
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation import tables, tune
@@ -64,9 +64,9 @@ def eval_identity(run: RunModel, records_index: str, split: str, all_ops: bool, 
 
 def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[str, Any] | None = None,
              tta: bool = False, all_ops: bool = False, out: Path | None = None,
-             progress: bool = True, tune_by: str = DEFAULT_TUNE_BY) -> dict[str, Any]:
+             progress: bool = True, tune_by: str = DEFAULT_TUNE_BY, tune_on: str = DEFAULT_TUNE_ON) -> dict[str, Any]:
     """Score the run on `split` with its post-processing (`overrides`: PostProcess fields given by the
-    user; the others chosen on valid to maximise `tune_by`, see tune.py); write `out` (default
+    user; the others chosen on the `tune_on` originals to maximise `tune_by`, see tune.py); write `out` (default
     RUN/eval_{split}/, see the module docstring); return summary.json."""
     from tnbc_pipeline.report import image_grid
 
@@ -75,7 +75,7 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
     identity.claim(out, "eval")  # before any work: never score into a folder of the user's
     run = RunModel(run_dir, tta=tta)
     records_index = index_sha256(records)
-    post, source, _ = tune.resolve(run, records, records_index, overrides or {}, tune_by, progress)
+    post, source, _ = tune.resolve(run, records, records_index, overrides or {}, tune_by, progress, tune_on)
     wanted = eval_identity(run, records_index, split, all_ops, to_dict(post))
     with folder_lock(out):
         recover_dir(out, keep=_foreign)
@@ -109,7 +109,8 @@ def evaluate(run_dir: Path, records: Path, split: str = "test", overrides: dict[
         image_grid([[img, truth, pred] for _, _, img, truth, pred in picks], ["image", "truth", "prediction"],
                    staging / "comparison.png", row_labels=[f"{key} AJI {a:.2f}" for a, key, *_ in picks])
         summary = {"split": split, "images": len(rows), "patients": sorted({r["patient"] for r in rows}),
-                   "postprocess": to_dict(post), "postprocess_source": source, "tune_by": tune_by, "threshold": post.threshold,
+                   "postprocess": to_dict(post), "postprocess_source": source, "tune_by": tune_by, "tune_on": tune_on,
+                   "threshold": post.threshold,
                    "instances": post.instances, "min_area": post.min_area, "tta": tta, "all_ops": all_ops,
                    "mean_over_images": means,
                    "mean_over_patients": patient_means,

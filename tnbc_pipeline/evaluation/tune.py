@@ -1,4 +1,5 @@
-"""Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does).
+"""Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does), or on the
+valid and train originals together (`tune_on`).
 
 The fields the user did not fix -- the mask threshold, the least object area and, for models with the
 interior channel, the core threshold, the least core and whether a coreless object counts -- are
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, PostProcess, TuneBy, choices, to_dict
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, PostProcess, TuneBy, TuneOn, choices, to_dict
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics, truth_labels
 from tnbc_pipeline.inference.postprocess import segment
@@ -108,7 +109,7 @@ def beyond(field: str, value: float | int, up: bool, floor: int = 0) -> float | 
 
 
 def tuning_identity(run: RunModel, records_index: str, start: PostProcess, fields: list[str],
-                    criterion: str) -> identity.Identity:
+                    criterion: str, tune_on: str = DEFAULT_TUNE_ON) -> identity.Identity:
     """What a choice depends on; its digest is stored with the choice (the floor's value follows from the valid
     records and AREA_FLOOR)."""
     held = {k: v for k, v in to_dict(start).items() if k not in fields}
@@ -116,7 +117,7 @@ def tuning_identity(run: RunModel, records_index: str, start: PostProcess, field
     if "min_area" in fields:
         search["area_floor"] = AREA_FLOOR
     return identity.Identity("postprocess", {"fixed": held, "search": search,
-                                             "beyond": BEYOND_RULE, "criterion": criterion, "split": "valid",
+                                             "beyond": BEYOND_RULE, "criterion": criterion, "split": tune_on,
                                              "tta": run.tta},
                              {"model": run.model_sha256, "records_index": records_index})
 
@@ -181,49 +182,53 @@ def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
 
 
 def choose(run: RunModel, records: Path, records_index: str, start: PostProcess, fields: list[str],
-           criterion: str = DEFAULT_TUNE_BY, progress: bool = True) -> ChosenPostProcess:
-    """`start` with `fields` chosen on the valid originals to maximise the mean `criterion`."""
-    cases = [(run.predict(img), truth) for img, truth, *_ in
-             tqdm(list(examples(records, "valid", False)), desc="post-processing", disable=not progress)]
+           criterion: str = DEFAULT_TUNE_BY, progress: bool = True,
+           tune_on: str = DEFAULT_TUNE_ON) -> ChosenPostProcess:
+    """`start` with `fields` chosen on the originals of the `tune_on` splits to maximise the mean `criterion`."""
+    found = [x for split in tune_on.split("+") for x in examples(records, split, False)]
+    cases = [(run.predict(img), truth) for img, truth, *_ in tqdm(found, desc="post-processing", disable=not progress)]
     if not cases:
-        raise TnbcError(f"{records}: the valid split has no original images to choose the post-processing on")
+        raise TnbcError(f"{records}: the {tune_on} split has no original images to choose the post-processing on")
     floor = area_floor([truth for _, truth in cases]) if "min_area" in fields else 0
     post, scores = ascend(start, fields, cases, run.channels, criterion, floor)
     edges = at_edge(post, fields)
     if edges:
         log.warning("%s: %s chosen at the limit of its search; the best value may lie beyond it", run.run_dir,
                     ", ".join(f"{f}={getattr(post, f)}" for f in edges))
-    log.info("%s: chose %s on %d valid images (mean %s %.4f; least area from %d px)", run.run_dir,
-             ", ".join(f"{f}={getattr(post, f)}" for f in fields), len(cases), criterion,
+    log.info("%s: chose %s on %d %s images (mean %s %.4f; least area from %d px)", run.run_dir,
+             ", ".join(f"{f}={getattr(post, f)}" for f in fields), len(cases), tune_on, criterion,
              score(post, cases, run.channels, criterion), floor)
-    digest = tuning_identity(run, records_index, start, fields, criterion).digest
-    return ChosenPostProcess(post, run.model_sha256, digest, "valid", f"mean {criterion}",
+    digest = tuning_identity(run, records_index, start, fields, criterion, tune_on).digest
+    return ChosenPostProcess(post, run.model_sha256, digest, tune_on, f"mean {criterion}",
                              {**scores, "at_edge": edges, "area_floor": floor})
 
 
 def resolve(run: RunModel, records: Path, records_index: str, overrides: dict[str, Any],
-            criterion: str = DEFAULT_TUNE_BY, progress: bool = True) -> tuple[PostProcess, str, dict[str, Any]]:
+            criterion: str = DEFAULT_TUNE_BY, progress: bool = True,
+            tune_on: str = DEFAULT_TUNE_ON) -> tuple[PostProcess, str, dict[str, Any]]:
     """The post-processing eval uses, where it came from, and the scores of a choice made now.
 
-    The model's defaults with `overrides` applied; the fields not given are chosen on valid (`searched`)
-    -- reusing RUN/postprocess.json when it was chosen for exactly this (model, records, fixed fields,
-    grids, criterion, TTA), and saving the choice there when no field was overridden and the criterion is
-    the default (the run's default decision, which infer uses)."""
+    The model's defaults with `overrides` applied; the fields not given are chosen (`searched`)
+    (on the `tune_on` originals) -- reusing RUN/postprocess.json when it was chosen for exactly this (model,
+    records, fixed fields, grids, criterion, images, TTA), and saving the choice there when no field was
+    overridden and the criterion and images are the defaults (the run's default decision, which infer uses)."""
     from tnbc_pipeline.inference.predictor import apply_overrides
 
     if criterion not in choices(TuneBy):
         raise TnbcError(f"unknown tuning criterion {criterion!r} (choose from {', '.join(choices(TuneBy))})")
+    if tune_on not in choices(TuneOn):
+        raise TnbcError(f"unknown tuning images {tune_on!r} (choose from {', '.join(choices(TuneOn))})")
     start = run.check(apply_overrides(run.default_postprocess(), overrides))
     fields = searched(run, set(overrides))
     if not fields:
         return start, "given", {}
-    wanted = tuning_identity(run, records_index, start, fields, criterion).digest
+    wanted = tuning_identity(run, records_index, start, fields, criterion, tune_on).digest
     saved = run.saved_postprocess()
     if saved is not None and saved.tuning == wanted:
-        log.info("%s: reusing the post-processing chosen on valid (%s)", run.run_dir,
+        log.info("%s: reusing the post-processing chosen on %s (%s)", run.run_dir, tune_on,
                  ", ".join(f"{f}={getattr(saved.post, f)}" for f in fields))
-        return saved.post, "postprocess.json (chosen on valid)", saved.scores
-    chosen = choose(run, records, records_index, start, fields, criterion, progress)
-    if not overrides and criterion == DEFAULT_TUNE_BY:
+        return saved.post, f"postprocess.json (chosen on {tune_on})", saved.scores
+    chosen = choose(run, records, records_index, start, fields, criterion, progress, tune_on)
+    if not overrides and criterion == DEFAULT_TUNE_BY and tune_on == DEFAULT_TUNE_ON:
         run.save_postprocess(chosen)
-    return chosen.post, "chosen on valid", chosen.scores
+    return chosen.post, f"chosen on {tune_on}", chosen.scores

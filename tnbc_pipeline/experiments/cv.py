@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, DatasetConfig, RecordsConfig, TrainConfig, identity_dict, to_dict
+from tnbc_pipeline.config import (DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, DatasetConfig, RecordsConfig, TrainConfig,
+                                  identity_dict, to_dict)
 from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
@@ -48,13 +49,14 @@ class Scoring:
     #                                                           threshold, unless given, is chosen on valid
     tta: bool = False  # average the 8 flips/rotations
     tune_by: str = DEFAULT_TUNE_BY  # config.TuneBy: what the post-processing chosen on valid maximises
+    tune_on: str = DEFAULT_TUNE_ON  # config.TuneOn: the originals it is chosen on
 
     def to_json(self) -> dict[str, Any]:
         from tnbc_pipeline.evaluation.tune import AREA_FLOOR, BEYOND_RULE, SEARCH
 
         # the grids the valid search walks, how it extends them and the least area's floor: a change changes
         # every result chosen on it
-        return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by,
+        return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by, "tune_on": self.tune_on,
                 "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE,
                 "area_floor": AREA_FLOOR}
 
@@ -95,7 +97,7 @@ def run_fold(raw: Path, data_dir: Path, run_dir: Path, data_cfg: DatasetConfig, 
     records = data_dir / "tfrecords"
     train(records, run_dir, train_cfg, progress=progress, replace_stale=force)
     summary = evaluate(run_dir, records, "test", scoring.overrides, scoring.tta, progress=progress,
-                       tune_by=scoring.tune_by)
+                       tune_by=scoring.tune_by, tune_on=scoring.tune_on)
     return {**summary, "dataset": {"seconds": round(built.seconds, 2), "changed": built.changed,
                                    "rendered": sum(r.get("rendered", 0) for r in built.rows.values()),
                                    "items": sum(r.get("items", 0) for r in built.rows.values())}}
