@@ -190,20 +190,19 @@ def test_the_choice_is_made_on_the_images_asked_for_and_only_the_default_is_save
     (copy / "postprocess.json").unlink(missing_ok=True)
     assert len(_truths(records, "valid+train")) > len(_truths(records, "valid")) > 0  # two different image sets
     model, index = RunModel(copy), index_sha256(records)
-    digests = set()
-    for tune_on in choices(TuneOn):
+    other = next(t for t in choices(TuneOn) if t != DEFAULT_TUNE_ON)
+    digests = []
+    for tune_on in (DEFAULT_TUNE_ON, other):  # the default's choice first: the other must not replace it
         post, source, scores = tune.resolve(model, records, index, {}, "aji", False, tune_on)
         assert source == f"chosen on {tune_on}" and scores["area_floor"] == tune.area_floor(_truths(records, tune_on))
         cases = [(model.predict(x), t) for split in tune_on.split("+")
                  for x, t, *_ in tune.examples(records, split, False)]
         best = tune.score(post, cases, model.channels, "aji")  # the mean over exactly those images, as recorded
         assert scores["min_area"][str(post.min_area)] == pytest.approx(best, abs=5e-5)  # min_area: searched last
-        digests.add(tune.tuning_identity(model, index, model.default_postprocess(), ["threshold", "min_area"], "aji",
-                                         tune_on).digest)
-        saved = json.loads((copy / "postprocess.json").read_text()) if (copy / "postprocess.json").exists() else {}
-        assert saved.get("chosen_on") == DEFAULT_TUNE_ON  # only the default choice is the run's (infer's) decision
-    assert len(digests) == 2  # a choice on other images is another choice, never reused for the default
-    other = next(t for t in choices(TuneOn) if t != DEFAULT_TUNE_ON)
+        digests.append(tune.tuning_identity(model, index, model.default_postprocess(), ["threshold", "min_area"],
+                                            "aji", tune_on).digest)
+    saved = json.loads((copy / "postprocess.json").read_text())  # only the default choice is the run's (infer's)
+    assert saved["chosen_on"] == DEFAULT_TUNE_ON and saved["tuning"] == digests[0] != digests[1]
     summary = evaluate(copy, records, "test", progress=False, tune_on=other, out=tmp_path / "other")
     assert summary["tune_on"] == other and summary["postprocess_source"] == f"chosen on {other}"
     default = evaluate(copy, records, "test", progress=False)  # the saved default choice, reused

@@ -110,8 +110,8 @@ def beyond(field: str, value: float | int, up: bool, floor: int = 0) -> float | 
 
 def tuning_identity(run: RunModel, records_index: str, start: PostProcess, fields: list[str],
                     criterion: str, tune_on: str = DEFAULT_TUNE_ON) -> identity.Identity:
-    """What a choice depends on; its digest is stored with the choice (the floor's value follows from the valid
-    records and AREA_FLOOR)."""
+    """What a choice depends on; its digest is stored with the choice (the floor's value follows from the records,
+    `tune_on` and AREA_FLOOR)."""
     held = {k: v for k, v in to_dict(start).items() if k not in fields}
     search: dict[str, Any] = {f: SEARCH[f] for f in fields}
     if "min_area" in fields:
@@ -188,7 +188,7 @@ def choose(run: RunModel, records: Path, records_index: str, start: PostProcess,
     found = [x for split in tune_on.split("+") for x in examples(records, split, False)]
     cases = [(run.predict(img), truth) for img, truth, *_ in tqdm(found, desc="post-processing", disable=not progress)]
     if not cases:
-        raise TnbcError(f"{records}: the {tune_on} split has no original images to choose the post-processing on")
+        raise TnbcError(f"{records}: no original images in {tune_on} to choose the post-processing on")
     floor = area_floor([truth for _, truth in cases]) if "min_area" in fields else 0
     post, scores = ascend(start, fields, cases, run.channels, criterion, floor)
     edges = at_edge(post, fields)
