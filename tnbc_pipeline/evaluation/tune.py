@@ -4,14 +4,15 @@ valid and train originals together (`tune_on`).
 The fields the user did not fix -- the mask threshold, the least object area and, for models with the
 interior channel, the core threshold, the least core and whether a coreless object counts -- are
 searched by coordinate ascent over SEARCH: each field in turn takes the value of its grid with the
-highest mean criterion (default AJI) over the valid originals, the others held, until a pass changes
-nothing (at most PASSES). The valid images are predicted once. The sweep never keeps its own edge: while
-the best value is the last (or first) of the values tried, the next one past it (`beyond`) is tried too,
-up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
-The least area is searched only from a floor set by the valid truth (`area_floor`); a choice at the floor is
-no edge.
-The choice is bound to the model's sha256 and identified by everything it depends on (model, valid
-records, fixed fields, grids and the rule past them, criterion, TTA), so a changed input is chosen again.
+highest mean criterion (default AJI) over the valid originals (or those `tune_on` names), the others held,
+until a pass changes nothing (at most PASSES). Those images are predicted once. The sweep never keeps its
+own edge: while the best value is the last (or first) of the values tried, the next one past it (`beyond`)
+is tried too, up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
+The least area is searched only from a floor set by those images' truth (`area_floor`); a choice at the floor
+is no edge.
+The choice is bound to the model's sha256 and identified by everything it depends on (model, records, the
+images chosen on, fixed fields, grids and the rule past them, criterion, TTA), so a changed input is chosen
+again.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ BEYOND_RULE = {"prob_margin": PROB_MARGIN, "size_limits": SIZE_LIMITS}  # part o
 AREA_FLOOR = {"percentile": 1.0, "fraction": 1.0}
 CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior models while the user fixes none
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
+
+
+def tune_splits(tune_on: str) -> tuple[str, ...]:
+    """The splits whose originals a choice `tune_on` (config.TuneOn) is made on: "valid+train" -> valid, train."""
+    return tuple(tune_on.split("+"))
 
 
 def examples(records: Path, split: str, all_ops: bool):
@@ -185,7 +191,7 @@ def choose(run: RunModel, records: Path, records_index: str, start: PostProcess,
            criterion: str = DEFAULT_TUNE_BY, progress: bool = True,
            tune_on: str = DEFAULT_TUNE_ON) -> ChosenPostProcess:
     """`start` with `fields` chosen on the originals of the `tune_on` splits to maximise the mean `criterion`."""
-    found = [x for split in tune_on.split("+") for x in examples(records, split, False)]
+    found = [x for split in tune_splits(tune_on) for x in examples(records, split, False)]
     cases = [(run.predict(img), truth) for img, truth, *_ in tqdm(found, desc="post-processing", disable=not progress)]
     if not cases:
         raise TnbcError(f"{records}: no original images in {tune_on} to choose the post-processing on")
