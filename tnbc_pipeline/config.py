@@ -45,6 +45,9 @@ DEFAULT_TUNE_BY: TuneBy = "aji"
 # for the model, four times as many images; BENCHMARKS.md §1r)
 TuneOn = Literal["valid", "valid+train"]
 DEFAULT_TUNE_ON: TuneOn = "valid"
+# the splits the weights are fit on: train, or the valid patients too (the valid split then only chooses the
+# post-processing, in-sample; cosine only: early stopping on images it trains on would be meaningless)
+TrainOn = Literal["train", "train+valid"]
 PeerName = Literal["unet_plain", "stardist"]  # models `tnbc cv --peer` trains and scores beside ours
 InstanceMethod = Literal["components", "watershed", "interior"]
 Channel = Literal["mask", "interior"]
@@ -53,6 +56,11 @@ Channel = Literal["mask", "interior"]
 def choices(literal: Any) -> tuple[str, ...]:
     """The names a Literal type allows, in their written order."""
     return typing.get_args(literal)
+
+
+def split_names(choice: str) -> tuple[str, ...]:
+    """The splits a `+`-joined choice (TrainOn, TuneOn) names: "train+valid" -> ("train", "valid")."""
+    return tuple(choice.split("+"))
 
 
 # The output-channel map: a model's channels are a prefix of this order (ModelConfig.channels), so the
@@ -271,6 +279,7 @@ class TrainConfig:
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
+    train_on: TrainOn = field(default="train", metadata=LATER)  # train | train+valid (see TrainOn)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device; multi_worker: TF_CONFIG
     # auto: mixed_float16 on GPUs (cc >= 7); on CPUs with native bf16 the faster of float32 and mixed_bfloat16
     # as measured once per machine and model (model/speed.py; runs under 2,000 crops: mixed_bfloat16), else float32
@@ -285,8 +294,12 @@ class TrainConfig:
                 raise TnbcError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patch % self.model.stride:
             raise TnbcError(f"patch {self.patch} must divide by model {self.model.name}'s stride {self.model.stride}")
-        for name, literal in (("optimizer", OptimizerName), ("schedule", ScheduleName), ("loss", LossName)):
+        for name, literal in (("optimizer", OptimizerName), ("schedule", ScheduleName), ("loss", LossName),
+                              ("train_on", TrainOn)):
             _check_choice(getattr(self, name), literal, name, name)
+        if self.train_on != "train" and self.schedule == "plateau":
+            raise TnbcError(f"train_on = {self.train_on!r} needs schedule = 'cosine': plateau stops early on the "
+                            "valid split, which it would then train on")
         if not 0.0 <= self.stain_jitter < 1.0:
             raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):

@@ -183,6 +183,32 @@ def test_eval_mode_is_one_ordered_pass_with_keys(records: Path) -> None:
     assert again == keys
 
 
+def _keys(stream) -> list[str]:
+    return [ex["key"].numpy().decode() for ex in stream]
+
+
+def test_one_split_in_training_is_its_pass_repeated(records: Path) -> None:
+    from tnbc_pipeline.data.pipeline import item_stream
+
+    one_pass = _keys(item_stream(records, "train", training=False))
+    assert _keys(item_stream(records, "train", training=True).take(2 * len(one_pass))) == one_pass * 2
+
+
+def test_training_on_two_splits_draws_every_item_of_both_in_proportion(records: Path) -> None:
+    from tnbc_pipeline.data.pipeline import item_stream
+
+    train, valid, test = (set(_keys(item_stream(records, s, training=False))) for s in ("train", "valid", "test"))
+    n = 20 * (len(train) + len(valid))
+    drawn = _keys(item_stream(records, ("train", "valid"), training=True, seed=3).take(n))
+    assert set(drawn) == train | valid  # every item of both splits, nothing of test
+    assert test and not test & set(drawn)
+    # each draw is valid with probability p = |valid| / |train + valid|: the count lies within 5 binomial sigmas
+    p = len(valid) / (len(train) + len(valid))
+    assert abs(sum(k in valid for k in drawn) - n * p) < 5 * (n * p * (1 - p)) ** 0.5
+    assert _keys(item_stream(records, ("train", "valid"), training=True, seed=3).take(n)) == drawn  # seeded
+    assert _keys(item_stream(records, ("train", "valid"), training=True, seed=4).take(n)) != drawn
+
+
 def test_a_bad_shard_is_named_or_skipped(records: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     copy = Path(shutil.copytree(records, tmp_path / "tfrecords"))
     shards = [s for s in read_index(copy)["shards"] if s["split"] == "train"]

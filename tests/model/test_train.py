@@ -279,7 +279,7 @@ def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> N
     from tnbc_pipeline.model.train import run_identity
 
     before = to_dict(TINY)
-    del before["model"]["stain_norm"], before["model"]["interior_target"]
+    del before["model"]["stain_norm"], before["model"]["interior_target"], before["train_on"]
     assert identity_dict(TINY) == before
     assert run_identity(records, TINY, "float32").settings["config"] == canonical(before)
     macenko = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, stain_norm="macenko"))
@@ -288,6 +288,10 @@ def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> N
     assert load_train_config(None, {"model.stain_norm": "macenko"}).model.stain_norm == "macenko"
     with pytest.raises(TnbcError, match="model.stain_norm: unknown choice 'reinhard'"):
         ModelConfig(stain_norm="reinhard")
+    both = dataclasses.replace(TINY, schedule="cosine", train_on="train+valid")
+    assert run_identity(records, both, "float32").settings["config"]["train_on"] == "train+valid"
+    only_train = dataclasses.replace(both, train_on="train")
+    assert "train_on" not in run_identity(records, only_train, "float32").settings["config"]
 
 
 def test_validation_scores_every_valid_image_as_evaluate_does(records: Path, tmp_path: Path) -> None:

@@ -35,6 +35,16 @@ def test_shipped_configs_load() -> None:
         tnbc, stain_jitter=0.0, model=dataclasses.replace(tnbc.model, stain_norm="macenko"))
     assert load_train_config(ROOT / "configs" / "tnbc_nojitter.toml") == dataclasses.replace(tnbc, stain_jitter=0.0)
     assert load_train_config(ROOT / "configs" / "tnbc_gap.toml") == dataclasses.replace(tnbc, loss="bce_dice_gap")
+    assert load_train_config(ROOT / "configs" / "tnbc_trainvalid.toml") == dataclasses.replace(
+        tnbc, train_on="train+valid")
+
+
+def test_training_on_the_valid_split_needs_the_fixed_schedule() -> None:
+    assert TrainConfig(schedule="cosine", train_on="train+valid").train_on == "train+valid"
+    with pytest.raises(TnbcError, match="train_on = 'train\\+valid' needs schedule = 'cosine'"):
+        TrainConfig(schedule="plateau", train_on="train+valid")
+    with pytest.raises(TnbcError, match="train_on: unknown train_on 'valid'"):
+        TrainConfig(schedule="cosine", train_on="valid")
 
 
 def test_the_old_ini_maps_onto_our_keys(caplog: pytest.LogCaptureFixture) -> None:

@@ -140,11 +140,35 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
 STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops, flips and rot90s keep theirs
 
 
-def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, patch: int = 256,
+def item_stream(records: Path, split: str | tuple[str, ...], *, training: bool, seed: int = 0,
+                skip_bad: bool = False) -> tf.data.Dataset:
+    """The parsed items (`schema.parse_example` dicts) of one split or several: with `training`, endless,
+    drawing each item from split s with probability records(s) / records(all) when there are several
+    (seeded), so that every split is spread over the whole stream; else one pass over all of them."""
+    from tnbc_pipeline.data.schema import parse_example
+
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    index = read_index(Path(records))
+    compression = index.get("compression", "none")
+    paths = {s: shard_paths(records, s, skip_bad) for s in splits}
+    if training and len(splits) > 1:
+        # Interleaved shards would leave the smaller split's items to one end of every pass (and so of
+        # training); a seeded draw mixes them at every step, deterministically for a given seed.
+        counts = [sum(e["records"] for e in index["shards"] if str(Path(records) / e["file"]) in paths[s])
+                  for s in splits]
+        ds = tf.data.Dataset.sample_from_datasets([_records(paths[s], compression).repeat() for s in splits],
+                                                  weights=[c / sum(counts) for c in counts], seed=seed)
+    else:
+        ds = _records([p for s in splits for p in paths[s]], compression)
+        ds = ds.repeat() if training else ds
+    return ds.map(parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def make_dataset(records: Path, split: str | tuple[str, ...], *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
                  ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0,
                  interior_target: InteriorTarget = "core", stain_jitter: float = 0.0) -> tf.data.Dataset:
-    """The dataset of a split.
+    """The dataset of a split, or of several (`("train", "valid")`).
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
     (B, patch, patch, 1, or 2 with `interior`)) batches, deterministic for a given seed.
@@ -154,13 +178,10 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
     `interior` > 0 adds the `interior_target` channel to the training masks (see `training_target`);
     `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched.
+    Several splits are read as `item_stream` reads them.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
-    from tnbc_pipeline.data.schema import parse_example
-
-    compression = read_index(Path(records)).get("compression", "none")
-    ds = _records(shard_paths(records, split, skip_bad), compression)
-    ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = item_stream(records, split, training=training, seed=seed, skip_bad=skip_bad)
     options = tf.data.Options()
     options.deterministic = True
     # Every worker reads every shard and keeps its share: correct however few shards a split has.
@@ -176,7 +197,7 @@ def make_dataset(records: Path, split: str, *, training: bool, batch_size: int, 
                 image = stain_jitter_tf(image, stain_seed, stain_jitter)
             return image, mask
 
-        ds = ds.repeat().enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)
         # Shuffle uint8 crops (a quarter of the float32 bytes), then batch and convert whole batches.
         ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
         ds = ds.map(lambda x, y: (model_input(x), training_target(y, interior, interior_target)),

@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, PostProcess, TuneBy, TuneOn, choices, to_dict
+from tnbc_pipeline.config import (DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, PostProcess, TuneBy, TuneOn, choices, split_names,
+                                  to_dict)
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.evaluation.metrics import image_metrics, pixel_metrics, truth_labels
 from tnbc_pipeline.inference.postprocess import segment
@@ -63,7 +64,7 @@ PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 def tune_splits(tune_on: str) -> tuple[str, ...]:
     """The splits whose originals a choice `tune_on` (config.TuneOn) is made on: "valid+train" -> valid, train."""
-    return tuple(tune_on.split("+"))
+    return split_names(tune_on)
 
 
 def examples(records: Path, split: str, all_ops: bool):

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tnbc_pipeline import __version__, identity
-from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, to_dict
+from tnbc_pipeline.config import TrainConfig, config_hash, identity_dict, split_names, to_dict
 from tnbc_pipeline.data.records import index_sha256, read_index
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.model.speed import resolve as resolve_precision
@@ -270,8 +270,8 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
         log.warning("jit: Keras trains without XLA while TensorFlow op determinism is on, as tnbc train runs")
     keras.mixed_precision.set_global_policy(policy)
     strategy = strategy or make_strategy(cfg.strategy)
-    train_ds = make_dataset(records, "train", training=True, batch_size=cfg.batch_size, patch=cfg.patch,
-                            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
+    train_ds = make_dataset(records, split_names(cfg.train_on), training=True, batch_size=cfg.batch_size,
+                            patch=cfg.patch, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
                             flip_rot=cfg.flip_rot, interior=cfg.model.interior,
                             interior_target=cfg.model.interior_target, stain_jitter=cfg.stain_jitter)
     # The valid set (a few whole images) is read once and held in memory. Fed as a tf.data pipeline stopped
