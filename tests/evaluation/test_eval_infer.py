@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from tnbc_pipeline.config import (DEFAULT_TUNE_ON, AugmentConfig, DatasetConfig, ModelConfig, RecordsConfig,
-                                  TrainConfig, TuneOn, choices)
+                                  TrainConfig, TuneOn, choices, split_names)
 from tnbc_pipeline.data.dataset import build_dataset
 from tnbc_pipeline.data.records import build_records
 from tnbc_pipeline.data.synth import synth_case
@@ -39,7 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, release_root: Path) -> tuple[P
 
 def _truths(records: Path, tune_on: str) -> list[np.ndarray]:
     """The truth labels of the originals a choice `tune_on` ("valid" or "valid+train") is made on."""
-    return [truth for split in tune.tune_splits(tune_on) for _, truth, *_ in tune.examples(records, split, False)]
+    return [truth for split in split_names(tune_on) for _, truth, *_ in tune.examples(records, split, False)]
 
 
 def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
@@ -195,7 +195,7 @@ def test_the_choice_is_made_on_the_images_asked_for_and_only_the_default_is_save
     for tune_on in (DEFAULT_TUNE_ON, other):  # the default's choice first: the other must not replace it
         post, source, scores = tune.resolve(model, records, index, {}, "aji", False, tune_on)
         assert source == f"chosen on {tune_on}" and scores["area_floor"] == tune.area_floor(_truths(records, tune_on))
-        cases = [(model.predict(x), t) for split in tune.tune_splits(tune_on)
+        cases = [(model.predict(x), t) for split in split_names(tune_on)
                  for x, t, *_ in tune.examples(records, split, False)]
         best = tune.score(post, cases, model.channels, "aji")  # the mean over exactly those images, as recorded
         assert scores["min_area"][str(post.min_area)] == pytest.approx(best, abs=5e-5)  # min_area: searched last

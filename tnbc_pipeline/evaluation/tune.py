@@ -62,11 +62,6 @@ CORE_FIELDS = ("core_threshold", "min_core", "orphans")  # searched for interior
 PASSES = 3  # coordinate-ascent passes at most (two usually settle it)
 
 
-def tune_splits(tune_on: str) -> tuple[str, ...]:
-    """The splits whose originals a choice `tune_on` (config.TuneOn) is made on: "valid+train" -> valid, train."""
-    return split_names(tune_on)
-
-
 def examples(records: Path, split: str, all_ops: bool):
     """(image float32 (H, W, 3), truth labels int32 (H, W) (`truth_labels` of the stored mask), key, patient,
     op) of a split, originals only unless `all_ops`."""
@@ -192,7 +187,7 @@ def choose(run: RunModel, records: Path, records_index: str, start: PostProcess,
            criterion: str = DEFAULT_TUNE_BY, progress: bool = True,
            tune_on: str = DEFAULT_TUNE_ON) -> ChosenPostProcess:
     """`start` with `fields` chosen on the originals of the `tune_on` splits to maximise the mean `criterion`."""
-    found = [x for split in tune_splits(tune_on) for x in examples(records, split, False)]
+    found = [x for split in split_names(tune_on) for x in examples(records, split, False)]
     cases = [(run.predict(img), truth) for img, truth, *_ in tqdm(found, desc="post-processing", disable=not progress)]
     if not cases:
         raise TnbcError(f"{records}: no original images in {tune_on} to choose the post-processing on")
