@@ -321,9 +321,6 @@ class PostProcess:
     # interior: a mask object holding no core is a nucleus of its own (True) or a false one, removed (False)
     orphans: bool = True
     min_distance: int = 7  # watershed: least distance in px between the distance peaks that seed nuclei
-    # interior/watershed: a piece the split cuts off under min_area px joins the nucleus it touches most, so no
-    # nucleus is smaller than min_area (False: kept as a nucleus, as before 2026-11-30; BENCHMARKS.md §1t)
-    absorb_fragments: bool = True
 
     def __post_init__(self) -> None:
         _check_numbers(self, "postprocess.")

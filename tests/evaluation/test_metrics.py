@@ -11,8 +11,7 @@ from tnbc_pipeline.evaluation.metrics import instance_metrics, pixel_metrics
 from tnbc_pipeline.evaluation.metrics import image_metrics as _labels_metrics
 from tnbc_pipeline.config import PostProcess
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.inference.postprocess import (absorb_fragments, label_instances, remove_small, segment, split_by_interior,
-                                                split_touching)
+from tnbc_pipeline.inference.postprocess import label_instances, remove_small, segment, split_by_interior, split_touching
 
 
 def image_metrics(truth, pred):
@@ -172,37 +171,3 @@ def test_interior_cores_split_touching_nuclei_along_their_valley() -> None:
     assert not kept[lone].any() and np.array_equal(kept[a | b], pair) and len(np.unique(pair)) == 2
     dropped = segment(probs, channels, PostProcess(instances="interior", min_area=0, orphans=False))
     assert not dropped[lone].any() and len(np.unique(dropped[a | b])) == 2
-
-
-def test_fragments_under_the_least_area_join_the_nucleus_they_touch_most() -> None:
-    labels = np.zeros((20, 30), np.int32)
-    labels[2:12, 2:12] = 1  # 100 px
-    labels[2:12, 12:22] = 2  # 100 px, touching 1 along a 10-px column
-    labels[12:14, 10:13] = 3  # 6 px under both: its ring touches 1 at (11, 9..11) and 2 at (11, 12..13) only
-    labels[16:18, 25:27] = 4  # 4 px alone: touches nothing, removed
-    labels[2:4, 22:24] = 5  # 4 px touching only 6, which touches 2: 5 joins 6 (10 px), then 6 joins 2
-    labels[4:7, 22:24] = 6
-    out = absorb_fragments(labels, min_area=12)
-    assert set(np.unique(out)) == {0, 1, 2}
-    assert (out[labels == 3] == 1).all()  # 3 border pixels against 2
-    assert not out[labels == 4].any()
-    assert (out[(labels == 5) | (labels == 6)] == 2).all()
-    # nothing else moves; min_area <= 1 and images without a small piece come back unchanged
-    untouched = np.isin(labels, (1, 2))
-    assert np.array_equal(out[untouched], labels[untouched])
-    assert absorb_fragments(labels, 1) is labels and absorb_fragments(labels, 4) is labels
-
-
-def test_segment_absorbs_a_sliver_cut_off_by_a_rim_core() -> None:
-    # one 15-px-radius nucleus with a strong core in its middle and a tiny second core at its rim: the split
-    # cuts a small piece around the rim core, which then joins the nucleus (absorb_fragments, the default)
-    mask = _disk((64, 64), 32, 32, 15)
-    interior = np.where(_disk((64, 64), 32, 32, 10), 0.9, 0.1).astype(np.float32)
-    interior[32, 46:48] = 0.95  # 2 px at the rim: a core of its own when min_core = 1
-    probs = np.dstack([mask.astype(np.float32), interior])
-    post = PostProcess(instances="interior", min_area=40, min_core=1, core_threshold=0.5, absorb_fragments=False)
-    kept = segment(probs, ("mask", "interior"), post)
-    pieces = np.bincount(kept.ravel())[1:]
-    assert len(pieces) == 2 and 0 < pieces.min() < 40  # the sliver (28 px) exists without the merge
-    merged = segment(probs, ("mask", "interior"), PostProcess(**{**post.__dict__, "absorb_fragments": True}))
-    assert np.array_equal(merged > 0, mask) and len(np.unique(merged[mask])) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import json
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tnbc_pipeline.config import (DEFAULT_TUNE_ON, AugmentConfig, DatasetConfig, ModelConfig, PostProcess, TrainConfig,
-                                  TuneOn, choices)
+from tnbc_pipeline.config import (DEFAULT_TUNE_ON, AugmentConfig, DatasetConfig, ModelConfig, TrainConfig, TuneOn,
+                                  choices)
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.experiments import cv
 from tnbc_pipeline.experiments.cv import REPORTED, Scoring, cross_validate
 
 DATA = DatasetConfig(augment=AugmentConfig(rotations=(90.0,), alpha=(), sigma=(), distort=(), shrink=()))
@@ -188,7 +186,4 @@ def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkey
     grid = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
     monkeypatch.setitem(AREA_FLOOR, "fraction", AREA_FLOOR["fraction"] / 2)  # the floor's rule is part of it too
     floor = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
-    # the PostProcess the search starts from too: fragments kept, as before absorb_fragments, is another fold
-    monkeypatch.setattr(cv, "PostProcess", functools.partial(PostProcess, absorb_fragments=False))
-    fragments = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
-    assert len({before.digest, grid, floor, fragments}) == 4
+    assert len({before.digest, grid, floor}) == 3

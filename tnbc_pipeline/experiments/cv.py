@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from tnbc_pipeline import identity
-from tnbc_pipeline.config import (DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, DatasetConfig, PostProcess, RecordsConfig,
-                                  TrainConfig, identity_dict, to_dict)
+from tnbc_pipeline.config import (DEFAULT_TUNE_BY, DEFAULT_TUNE_ON, DatasetConfig, RecordsConfig, TrainConfig,
+                                  identity_dict, to_dict)
 from tnbc_pipeline.data.layouts import open_release
 from tnbc_pipeline.errors import TnbcError
 from tnbc_pipeline.io import read_json, write_csv, write_json
@@ -54,11 +54,11 @@ class Scoring:
     def to_json(self) -> dict[str, Any]:
         from tnbc_pipeline.evaluation.tune import AREA_FLOOR, BEYOND_RULE, SEARCH
 
-        # the grids the valid search walks, how it extends them, the least area's floor and the PostProcess it
-        # starts from (absorb_fragments, ...): a change changes every result chosen on it
+        # the grids the valid search walks, how it extends them and the least area's floor: a change changes
+        # every result chosen on it
         return {"overrides": self.overrides, "tta": self.tta, "tune_by": self.tune_by, "tune_on": self.tune_on,
                 "search": {f: list(grid) for f, grid in SEARCH.items()}, "beyond": BEYOND_RULE,
-                "area_floor": AREA_FLOOR, "postprocess_defaults": to_dict(PostProcess())}
+                "area_floor": AREA_FLOOR}
 
 
 def mark(out: Path, stage: str, settings: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 `segment(probabilities, channels, PostProcess)` is the one function eval, infer, cv and study call:
 mask = mask probability > threshold, objects under `min_area` px removed, then touching nuclei separated
 the `instances` way -- connected components, a distance-transform watershed, or one nucleus per core of
-the interior channel grown over the mask; pieces of the split under `min_area` px join their neighbour.
+the interior channel grown over the mask.
 """
 
 from __future__ import annotations
@@ -83,36 +83,6 @@ def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float =
     return seeded_watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg), orphans)
 
 
-def absorb_fragments(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """int32 (H, W) labels -> the same with every instance under `min_area` px merged into the instance it
-    shares the most 8-connected border pixels with (ties: the lower label), or removed when it touches none;
-    smallest first, so a piece that grew past `min_area` by taking a smaller one stays. A split can cut such a
-    piece off a nucleus (a small core near its rim); kept, it is a false nucleus and the nucleus loses it."""
-    if min_area <= 1 or not labels.any():
-        return labels
-    areas = np.bincount(labels.ravel())
-    small = [int(i) for i in np.flatnonzero(areas[1:] < min_area) + 1 if areas[i]]
-    if not small:
-        return labels
-    labels, boxes = labels.copy(), ndimage.find_objects(labels)
-    box = {i: boxes[i - 1] for i in small}  # where each piece lies, grown as pieces join it
-    for i in sorted(small, key=lambda i: (areas[i], i)):
-        if areas[i] >= min_area:
-            continue
-        window = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box[i])  # its box and the 1-px ring
-        sub = labels[window]  # a view: writing it relabels `labels`
-        piece = sub == i
-        touched = sub[ndimage.binary_dilation(piece, EIGHT) & ~piece]
-        touched = touched[touched > 0]
-        target = int(np.bincount(touched).argmax()) if touched.size else 0
-        sub[piece] = target
-        areas[target] += areas[i] if target else 0
-        areas[i] = 0
-        if target in box:
-            box[target] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box[target], window))
-    return labels
-
-
 def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProcess) -> np.ndarray:
     """float32 (H, W, C) probabilities, channel i holding `channels[i]` (the model's output-channel map)
     -> int32 (H, W) nucleus labels, 0 = background."""
@@ -123,10 +93,8 @@ def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProc
         if "interior" not in channels:
             raise TnbcError("post-processing 'interior' needs a model with the interior channel "
                             "(train with model.interior > 0)")
-        labels = split_by_interior(mask, probabilities[..., channels.index("interior")], post.core_threshold,
-                                   post.min_core, post.orphans)
-    elif post.instances == "watershed":
-        labels = split_touching(mask, post.min_distance)
-    else:
-        return label_instances(mask)  # every component has min_area px or more already
-    return absorb_fragments(labels, post.min_area) if post.absorb_fragments else labels
+        return split_by_interior(mask, probabilities[..., channels.index("interior")], post.core_threshold,
+                                 post.min_core, post.orphans)
+    if post.instances == "watershed":
+        return split_touching(mask, post.min_distance)
+    return label_instances(mask)
