@@ -278,6 +278,8 @@ class TrainConfig:
     shuffle_buffer: int = 256  # training crops in the shuffle buffer
     flip_rot: bool = True  # random flip + rot90 of every training crop (false: random crops only)
     stain_jitter: float = 0.0  # HED stain jitter sigma of every training crop, on the fly (0: off; data/stain.py)
+    # Gaussian blur of every training crop, sigma ~ U(0, this) px, on the fly (0: off; data/blur.py)
+    blur_jitter: float = field(default=0.0, metadata=LATER)
     epoch_infer: int = 3  # valid images drawn into epoch_infer/ after each epoch (0: off)
     train_on: TrainOn = field(default="train", metadata=LATER)  # train | train+valid (see TrainOn)
     strategy: StrategyName = "auto"  # auto: MirroredStrategy over several GPUs, else one device; multi_worker: TF_CONFIG
@@ -302,6 +304,8 @@ class TrainConfig:
                             "valid split, which it would then train on")
         if not 0.0 <= self.stain_jitter < 1.0:
             raise TnbcError(f"stain_jitter must be in [0, 1), got {self.stain_jitter}")
+        if not 0.0 <= self.blur_jitter <= 8.0:
+            raise TnbcError(f"blur_jitter must be in [0, 8] px, got {self.blur_jitter}")
         if not (self.lr > 0 and self.clipvalue > 0 and 0 < self.reduce_lr_factor <= 1 and 0 <= self.min_lr < self.lr):
             raise TnbcError("lr and clipvalue must be > 0, reduce_lr_factor in (0, 1], min_lr in [0, lr)")
         for name, literal, what in (("strategy", StrategyName, "strategy"), ("precision", PrecisionName, "policy")):

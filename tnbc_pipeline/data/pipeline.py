@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from tnbc_pipeline.config import InteriorTarget, choices
+from tnbc_pipeline.data.blur import blur_jitter_tf
 from tnbc_pipeline.data.records import read_index, shard_problem
 from tnbc_pipeline.data.stain import stain_jitter_tf
 from tnbc_pipeline.errors import TnbcError
@@ -138,6 +139,7 @@ def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, patch: int,
 
 
 STAIN_STREAM = 7  # folded into an element's seed for its stain jitter, so crops, flips and rot90s keep theirs
+BLUR_STREAM = 11  # likewise for its blur, so a crop's stain draw is the same with the blur on or off
 
 
 def item_stream(records: Path, split: str | tuple[str, ...], *, training: bool, seed: int = 0,
@@ -167,7 +169,8 @@ def item_stream(records: Path, split: str | tuple[str, ...], *, training: bool, 
 def make_dataset(records: Path, split: str | tuple[str, ...], *, training: bool, batch_size: int, patch: int = 256,
                  seed: int = 0, shuffle_buffer: int = 256, skip_bad: bool = False,
                  ops: tuple[str, ...] = (), flip_rot: bool = True, interior: int = 0,
-                 interior_target: InteriorTarget = "core", stain_jitter: float = 0.0) -> tf.data.Dataset:
+                 interior_target: InteriorTarget = "core", stain_jitter: float = 0.0,
+                 blur_jitter: float = 0.0) -> tf.data.Dataset:
     """The dataset of a split, or of several (`("train", "valid")`).
 
     training=True: an endless stream of (image float32 (B, patch, patch, 3), mask float32
@@ -177,7 +180,8 @@ def make_dataset(records: Path, split: str | tuple[str, ...], *, training: bool,
     share a size); `ops` keeps only items of those ops.
     `flip_rot=False` turns the training stream's random flips and rot90s off (crops stay random);
     `interior` > 0 adds the `interior_target` channel to the training masks (see `training_target`);
-    `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched.
+    `stain_jitter` > 0 jitters each training crop's stains (HED space, data/stain.py), masks untouched;
+    `blur_jitter` > 0 then blurs it by a Gaussian of sigma ~ U(0, blur_jitter) px (data/blur.py).
     Several splits are read as `item_stream` reads them.
     The global batch size is given; a tf.distribute strategy splits it across replicas.
     """
@@ -195,6 +199,9 @@ def make_dataset(records: Path, split: str | tuple[str, ...], *, training: bool,
             if stain_jitter > 0:
                 stain_seed = tf.random.experimental.stateless_fold_in(element_seed, STAIN_STREAM)
                 image = stain_jitter_tf(image, stain_seed, stain_jitter)
+            if blur_jitter > 0:
+                blur_seed = tf.random.experimental.stateless_fold_in(element_seed, BLUR_STREAM)
+                image = blur_jitter_tf(image, blur_seed, blur_jitter)
             return image, mask
 
         ds = ds.enumerate().map(crop, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -48,8 +48,9 @@ PLAIN_SCORING = {"threshold": 0.5, "instances": "components", "min_area": 0}  # 
 
 
 def plain_config(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with everything beyond a plain U-Net off: no interior channel, no stain jitter or normalisation."""
-    return dataclasses.replace(cfg, stain_jitter=0.0,
+    """`cfg` with everything beyond a plain U-Net off: no interior channel, no stain or blur jitter, no
+    normalisation."""
+    return dataclasses.replace(cfg, stain_jitter=0.0, blur_jitter=0.0,
                                model=dataclasses.replace(cfg.model, name="unet", interior=0, stain_norm="none"))
 
 

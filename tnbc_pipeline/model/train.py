@@ -273,7 +273,8 @@ def _fit(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, skip_bad
     train_ds = make_dataset(records, split_names(cfg.train_on), training=True, batch_size=cfg.batch_size,
                             patch=cfg.patch, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, skip_bad=skip_bad,
                             flip_rot=cfg.flip_rot, interior=cfg.model.interior,
-                            interior_target=cfg.model.interior_target, stain_jitter=cfg.stain_jitter)
+                            interior_target=cfg.model.interior_target, stain_jitter=cfg.stain_jitter,
+                            blur_jitter=cfg.blur_jitter)
     # The valid set (a few whole images) is read once and held in memory. Fed as a tf.data pipeline stopped
     # after `validation_steps`, the next epoch's validation waited 20-40 s in about one epoch of three, in
     # Keras' EpochIterator.reset where the previous, unfinished iterator is dropped (py-spy; our reading: its
