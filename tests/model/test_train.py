@@ -272,14 +272,14 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identi
 
 
 def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> None:
-    """`model.stain_norm` (like interior_target) came after runs were recorded: at "none" a run's identity is what it was before
+    """`model.stain_norm` (like interior_target, train_on, blur_jitter) came after runs were recorded: at "none" a run's identity is what it was before
     the setting existed (so those runs are still reused); any other value is recorded."""
     from tnbc_pipeline.config import identity_dict, load_train_config, to_dict
     from tnbc_pipeline.identity import canonical
     from tnbc_pipeline.model.train import run_identity
 
     before = to_dict(TINY)
-    del before["model"]["stain_norm"], before["model"]["interior_target"], before["train_on"]
+    del before["model"]["stain_norm"], before["model"]["interior_target"], before["train_on"], before["blur_jitter"]
     assert identity_dict(TINY) == before
     assert run_identity(records, TINY, "float32").settings["config"] == canonical(before)
     macenko = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, stain_norm="macenko"))
@@ -292,6 +292,9 @@ def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> N
     assert run_identity(records, both, "float32").settings["config"]["train_on"] == "train+valid"
     only_train = dataclasses.replace(both, train_on="train")
     assert "train_on" not in run_identity(records, only_train, "float32").settings["config"]
+    blurred = dataclasses.replace(TINY, blur_jitter=1.0)  # a blurred run is never taken for an unblurred one
+    assert run_identity(records, blurred, "float32").settings["config"]["blur_jitter"] == 1.0
+    assert run_identity(records, blurred, "float32").digest != run_identity(records, TINY, "float32").digest
 
 
 def test_validation_scores_every_valid_image_as_evaluate_does(records: Path, tmp_path: Path) -> None:
