@@ -272,8 +272,9 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_native_bf16_and_the_run_identi
 
 
 def test_identities_leave_out_a_later_setting_at_its_default(records: Path) -> None:
-    """`model.stain_norm` (like interior_target, train_on, blur_jitter) came after runs were recorded: at "none" a run's identity is what it was before
-    the setting existed (so those runs are still reused); any other value is recorded."""
+    """`model.stain_norm` (like interior_target, train_on, blur_jitter) came after runs were recorded: at "none"
+    a run's identity is what it was before the setting existed (so those runs are still reused); any other value
+    is recorded."""
     from tnbc_pipeline.config import identity_dict, load_train_config, to_dict
     from tnbc_pipeline.identity import canonical
     from tnbc_pipeline.model.train import run_identity
