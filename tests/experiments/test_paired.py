@@ -10,7 +10,8 @@ from tnbc_pipeline.io import write_csv
 
 
 def _cv(folder: Path, rows: list[tuple[int, str, float]]) -> Path:
-    """A cv folder whose folds score `value` on every metric (the header of `tnbc cv`'s cv_folds.csv)."""
+    """A cv folder whose fold k scores v (Dice, F1), v - 0.1 (IoU), v - 0.2 (AJI), v - 0.25 (PQ), in the
+    columns of `tnbc cv`'s cv_folds.csv."""
     folder.mkdir()
     write_csv(folder / "cv_folds.csv", [
         {"fold": k, "test_patients": patients, "images": 3, "threshold": 0.5, "instances": "interior", "min_area": 60,
