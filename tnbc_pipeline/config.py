@@ -325,12 +325,17 @@ class PostProcess:
     # interior: a mask object holding no core is a nucleus of its own (True) or a false one, removed (False)
     orphans: bool = True
     min_distance: int = 7  # watershed: least distance in px between the distance peaks that seed nuclei
+    # an object whose mean mask probability is under this is removed as a false nucleus (0: none is); objects
+    # are decided whole, so the threshold can stay low for nucleus borders while doubtful objects go
+    min_score: float = 0.0
 
     def __post_init__(self) -> None:
         _check_numbers(self, "postprocess.")
         for name in ("threshold", "core_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise TnbcError(f"postprocess.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.min_score < 1.0:
+            raise TnbcError(f"postprocess.min_score must be in [0, 1), got {self.min_score}")
         if not 0 <= self.min_area <= 10_000 or not 1 <= self.min_core <= 10_000 or not 1 <= self.min_distance <= 256:
             raise TnbcError("postprocess: min_area must be 0..10000, min_core 1..10000, min_distance 1..256")
         _check_choice(self.instances, InstanceMethod, "postprocess.instances", "method")

@@ -56,7 +56,7 @@ def test_eval_writes_every_file(run: tuple[Path, Path]) -> None:
     assert summary["postprocess"] == chosen["postprocess"]
     threshold, min_area = summary["postprocess"]["threshold"], summary["postprocess"]["min_area"]
     assert threshold == summary["threshold"] and min_area == summary["min_area"]
-    assert set(chosen["scores"]) == {"threshold", "min_area", "at_edge", "area_floor"}  # no interior: no core fields
+    assert set(chosen["scores"]) == {"threshold", "min_area", "min_score", "at_edge", "area_floor"}  # no core fields
     floor = tune.area_floor(_truths(records, DEFAULT_TUNE_ON))  # the truth's of the images it is chosen on
     assert chosen["scores"]["area_floor"] == floor and min(int(v) for v in chosen["scores"]["min_area"]) == floor
     assert list(chosen["scores"]["threshold"]) == [f"{t:.2f}" for t in tune.THRESHOLDS]  # 0.05, 0.10, ..., 0.95

@@ -45,11 +45,16 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     "min_core": (2, 4, 8, 16, 32, 64),
     # interior models: a mask object with no core kept as a nucleus or removed as a false one (BENCHMARKS.md §1h)
     "orphans": (True, False),
+    # objects whose mean mask probability is under this go whole (0: none); the probability of a true nucleus is
+    # mostly 0.9-0.98, of a false one 0.7-0.95 (BENCHMARKS.md §1w)
+    "min_score": (0.0, 0.7, 0.75, 0.8, 0.85, 0.9),
 }
 # Past a grid's end: probabilities step halfway to 0 or 1 while PROB_MARGIN or more from it (0.9 -> 0.95 ->
-# 0.975), sizes double or halve within SIZE_LIMITS (64 -> 128 -> 256; min_core 2 -> 1). min_area 0 is "no
-# removal", the true lower end. BENCHMARKS.md §1k: core_threshold 0.9 was chosen on 3 of 8 fold models.
+# 0.975), sizes double or halve within SIZE_LIMITS (64 -> 128 -> 256; min_core 2 -> 1). min_area 0 and min_score 0
+# are "no removal", the true lower ends. BENCHMARKS.md §1k: core_threshold 0.9 was chosen on 3 of 8 fold models.
 PROB_MARGIN = 0.04
+PROBABILITIES = ("threshold", "core_threshold", "min_score")  # the fields that step halfway to 0 or 1
+NO_REMOVAL = ("min_area", "min_score")  # 0 turns these off: the lower end of their range, never an edge
 SIZE_LIMITS = {"min_area": (0, 1280), "min_core": (1, 256)}
 BEYOND_RULE = {"prob_margin": PROB_MARGIN, "size_limits": SIZE_LIMITS}  # part of every choice's identity
 # The least area is searched from a floor: this fraction of this percentile of the truth nucleus areas on the
@@ -104,7 +109,7 @@ def beyond(field: str, value: float | int, up: bool, floor: int = 0) -> float | 
         low = max(low, floor) if field == "min_area" else low
         nxt = 2 * value if up else value // 2
         return nxt if low <= nxt <= high and nxt != value and (up or value > low) else None
-    if field in ("threshold", "core_threshold"):
+    if field in PROBABILITIES:
         gap = 1 - value if up else value
         return round(value + gap / 2 if up else value / 2, 4) if gap >= PROB_MARGIN else None
     return None
@@ -174,11 +179,11 @@ NO_EDGE = ("orphans",)  # a choice between two cases, not a range that could be 
 
 
 def at_edge(post: PostProcess, fields: list[str]) -> list[str]:
-    """The fields chosen at their limit: at or past an end of their grid with nothing `beyond` (min_area 0
-    means no removal: not an edge)."""
+    """The fields chosen at their limit: at or past an end of their grid with nothing `beyond` (min_area or
+    min_score 0 means no removal: not an edge)."""
     def edge(f: str, v: float | int) -> bool:
         return ((v >= SEARCH[f][-1] and beyond(f, v, True) is None)
-                or (f != "min_area" and v <= SEARCH[f][0] and beyond(f, v, False) is None))
+                or (f not in NO_REMOVAL and v <= SEARCH[f][0] and beyond(f, v, False) is None))
 
     return [f for f in fields if f not in NO_EDGE and edge(f, getattr(post, f))]
 

@@ -83,18 +83,31 @@ def split_by_interior(mask: np.ndarray, interior: np.ndarray, threshold: float =
     return seeded_watershed(-interior.astype(np.float32), label_instances(seeds), fg, label_instances(fg), orphans)
 
 
+def drop_doubtful(labels: np.ndarray, probability: np.ndarray, min_score: float) -> np.ndarray:
+    """int32 (H, W) labels without the objects whose mean of float32 (H, W) `probability` is under `min_score`
+    (their pixels become background; the other labels keep their ids)."""
+    if min_score <= 0 or not labels.any():
+        return labels
+    ids = np.arange(1, int(labels.max()) + 1)
+    keep = np.concatenate([[False], np.asarray(ndimage.mean(probability, labels, ids)) >= min_score])
+    return np.where(keep[labels], labels, 0).astype(np.int32)
+
+
 def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProcess) -> np.ndarray:
     """float32 (H, W, C) probabilities, channel i holding `channels[i]` (the model's output-channel map)
     -> int32 (H, W) nucleus labels, 0 = background."""
     if probabilities.ndim != 3 or probabilities.shape[-1] != len(channels):
         raise ValueError(f"probabilities of shape {probabilities.shape} do not match channels {channels}")
-    mask = remove_small(probabilities[..., channels.index("mask")] > post.threshold, post.min_area)
+    probability = probabilities[..., channels.index("mask")]
+    mask = remove_small(probability > post.threshold, post.min_area)
     if post.instances == "interior":
         if "interior" not in channels:
             raise TnbcError("post-processing 'interior' needs a model with the interior channel "
                             "(train with model.interior > 0)")
-        return split_by_interior(mask, probabilities[..., channels.index("interior")], post.core_threshold,
-                                 post.min_core, post.orphans)
-    if post.instances == "watershed":
-        return split_touching(mask, post.min_distance)
-    return label_instances(mask)
+        labels = split_by_interior(mask, probabilities[..., channels.index("interior")], post.core_threshold,
+                                   post.min_core, post.orphans)
+    elif post.instances == "watershed":
+        labels = split_touching(mask, post.min_distance)
+    else:
+        labels = label_instances(mask)
+    return drop_doubtful(labels, probability, post.min_score)

@@ -1,0 +1,52 @@
+"""A trained CV fold's TTA probabilities of its valid and test originals, computed once and kept beside it.
+
+    python -m benchmarks.fold_cache cv/recipe_seed3 cv/recipe_seed4 cv/recipe_seed5
+
+Post-processing probes (BENCHMARKS.md §1w) score many choices on the same probabilities; predicting the
+images once per fold (8 flips/rotations, as `tnbc eval` does) makes each choice cost only its segmentation.
+The cache is FOLD/run/probe_cache.npz, keyed by the model's sha256 (a retrained model is predicted again).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tnbc_pipeline.io import sha256_file
+
+log = logging.getLogger(__name__)
+SPLITS = ("valid", "test")
+Cases = dict[str, list[tuple[np.ndarray, np.ndarray]]]  # split -> [(probabilities (H, W, C), truth labels)]
+
+
+def fold_cases(fold_dir: Path) -> tuple[tuple[str, ...], Cases]:
+    """(the run's output-channel map, split -> [(float32 (H, W, C) TTA probabilities, int32 truth labels)])."""
+    from tnbc_pipeline.evaluation import tune
+    from tnbc_pipeline.inference.predictor import RunModel
+
+    run_dir = fold_dir / "run"
+    cache, sha = run_dir / "probe_cache.npz", sha256_file(run_dir / "model.keras")
+    if cache.is_file():
+        data = np.load(cache)
+        if str(data["sha"]) == sha:
+            channels = tuple(str(c) for c in data["channels"])
+            return channels, {s: list(zip(data[f"{s}_p"], data[f"{s}_t"])) for s in SPLITS}
+    run = RunModel(run_dir, tta=True)
+    cases = {s: [(run.predict(img), truth) for img, truth, *_ in tune.examples(fold_dir / "TNBC" / "tfrecords", s, False)]
+             for s in SPLITS}
+    arrays = {f"{s}_{k}": np.stack([c[i] for c in cases[s]]) for s in SPLITS for i, k in enumerate("pt")}
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, sha=sha, channels=np.array(run.channels), **arrays)
+    tmp.replace(cache)
+    return tuple(run.channels), cases
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    for cv_dir in map(Path, sys.argv[1:]):
+        for fold in sorted(cv_dir.glob("fold[0-9]*")):
+            channels, cases = fold_cases(fold)
+            log.info("%s: %s", fold, {s: len(c) for s, c in cases.items()})
