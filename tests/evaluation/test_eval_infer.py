@@ -198,9 +198,9 @@ def test_the_choice_is_made_on_the_images_asked_for_and_only_the_default_is_save
         cases = [(model.predict(x), t) for split in split_names(tune_on)
                  for x, t, *_ in tune.examples(records, split, False)]
         best = tune.score(post, cases, model.channels, "aji")  # the mean over exactly those images, as recorded
-        assert scores["min_area"][str(post.min_area)] == pytest.approx(best, abs=5e-5)  # min_area: searched last
-        digests.append(tune.tuning_identity(model, index, model.default_postprocess(), ["threshold", "min_area"],
-                                            "aji", tune_on).digest)
+        assert scores["min_score"][tune._key(post.min_score)] == pytest.approx(best, abs=5e-5)  # searched last
+        digests.append(tune.tuning_identity(model, index, model.default_postprocess(),
+                                            ["threshold", "min_area", "min_score"], "aji", tune_on).digest)
     saved = json.loads((copy / "postprocess.json").read_text())  # only the default choice is the run's (infer's)
     assert saved["chosen_on"] == DEFAULT_TUNE_ON and saved["tuning"] == digests[0] != digests[1]
     summary = evaluate(copy, records, "test", progress=False, tune_on=other, out=tmp_path / "other")

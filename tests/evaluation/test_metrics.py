@@ -11,7 +11,8 @@ from tnbc_pipeline.evaluation.metrics import instance_metrics, pixel_metrics
 from tnbc_pipeline.evaluation.metrics import image_metrics as _labels_metrics
 from tnbc_pipeline.config import PostProcess
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.inference.postprocess import label_instances, remove_small, segment, split_by_interior, split_touching
+from tnbc_pipeline.inference.postprocess import (drop_doubtful, label_instances, remove_small, segment,
+                                                 split_by_interior, split_touching)
 
 
 def image_metrics(truth, pred):
@@ -171,3 +172,20 @@ def test_interior_cores_split_touching_nuclei_along_their_valley() -> None:
     assert not kept[lone].any() and np.array_equal(kept[a | b], pair) and len(np.unique(pair)) == 2
     dropped = segment(probs, channels, PostProcess(instances="interior", min_area=0, orphans=False))
     assert not dropped[lone].any() and len(np.unique(dropped[a | b])) == 2
+
+
+def test_drop_doubtful_removes_whole_objects_under_the_mean_probability() -> None:
+    # Three objects of mean probability 0.9, 0.75 (half 0.6, half 0.9: whole, not pixel by pixel) and 0.6.
+    labels = np.zeros((4, 12), np.int32)
+    labels[:, 0:2], labels[:, 4:8], labels[:, 10:12] = 1, 2, 3
+    probability = np.zeros((4, 12), np.float32)
+    probability[:, 0:2], probability[:, 4:6], probability[:, 6:8], probability[:, 10:12] = 0.9, 0.6, 0.9, 0.6
+    kept = drop_doubtful(labels, probability, 0.7)
+    assert kept.dtype == np.int32 and np.array_equal(kept, np.where(labels == 3, 0, labels))
+    assert np.array_equal(drop_doubtful(labels, probability, 0.8), np.where(labels == 1, 1, 0))
+    assert drop_doubtful(labels, probability, 0.0) is labels  # 0: none removed
+    probs = np.stack([probability, np.zeros_like(probability)], -1)
+    post = PostProcess(threshold=0.5, min_area=0, instances="components", min_score=0.7)
+    assert np.array_equal(segment(probs, ("mask", "interior"), post) > 0, kept > 0)  # segment applies it last
+    with pytest.raises(TnbcError, match="min_score"):
+        PostProcess(min_score=1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from skimage.draw import disk
 
 from tnbc_pipeline.config import PostProcess
@@ -66,6 +67,8 @@ def test_what_lies_beyond_each_grid() -> None:
     assert (beyond("min_area", 160, True), beyond("min_area", 1280, True), beyond("min_area", 0, False)) == (
         320, None, None)
     assert beyond("orphans", True, True) is None
+    assert [beyond("min_score", v, True) for v in (0.9, 0.95, 0.975)] == [0.95, 0.975, None]
+    assert beyond("min_score", 0.0, False) is None  # 0: none removed, the true lower end
     post = PostProcess(core_threshold=0.975, min_core=256, min_area=640)
     assert at_edge(post, ["core_threshold", "min_core", "min_area"]) == ["core_threshold", "min_core"]
 
@@ -121,7 +124,21 @@ def test_ascent_removes_a_coreless_false_nucleus_by_orphans() -> None:
 
 def test_the_core_fields_are_searched_together_for_interior_models_only() -> None:
     interior, plain = SimpleNamespace(channels=CHANNELS), SimpleNamespace(channels=("mask",))
-    assert searched(interior, set()) == ["threshold", "core_threshold", "min_area", "min_core", "orphans"]
-    assert searched(plain, set()) == ["threshold", "min_area"]
-    assert searched(interior, {"core_threshold"}) == ["threshold", "min_area"]  # min_core, orphans: defaults
-    assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core", "orphans"]
+    assert searched(interior, set()) == ["threshold", "core_threshold", "min_area", "min_core", "orphans", "min_score"]
+    assert searched(plain, set()) == ["threshold", "min_area", "min_score"]  # the score needs only the mask
+    # a core field given: min_core and orphans stay at their defaults
+    assert searched(interior, {"core_threshold"}) == ["threshold", "min_area", "min_score"]
+    assert searched(interior, {"threshold", "min_area"}) == ["core_threshold", "min_core", "orphans", "min_score"]
+
+
+def test_ascent_removes_a_doubtful_false_nucleus_by_min_score() -> None:
+    # A 40 px blob at mask probability 0.65 (> threshold 0.5, over the least area 30, and with a core, so no
+    # other field can remove it) is a false nucleus; the true nuclei sit at 0.95. Every min_score in (0.65, 0.95]
+    # is perfect; the tie keeps the nearest to the start (0): 0.7. Not an edge; nor is 0, "none removed".
+    probs, truth = _case(0.95, 0.0)
+    probs[50:55, 40:48, 0], probs[51:54, 42:46, 1] = 0.65, 0.9
+    start = PostProcess(threshold=0.5, min_area=30, instances="interior")
+    post, scores = ascend(start, ["min_score"], [(probs, truth)], CHANNELS, "f1")
+    assert post.min_score == 0.7 and scores["min_score"]["0.00"] == pytest.approx(4 / 5)  # 2 true + 1 false
+    assert scores["min_score"]["0.70"] == 1.0
+    assert scores["min_score"]["0.90"] == 1.0 and at_edge(post, ["min_score"]) == [] == at_edge(start, ["min_score"])
