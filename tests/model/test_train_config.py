@@ -40,6 +40,8 @@ def test_shipped_configs_load() -> None:
     assert load_train_config(ROOT / "configs" / "tnbc_lr2.toml") == dataclasses.replace(tnbc, lr=0.002)
     assert load_train_config(ROOT / "configs" / "tnbc_blur.toml") == dataclasses.replace(tnbc, blur_jitter=1.0)
     assert load_train_config(ROOT / "configs" / "tnbc_jitter10.toml") == dataclasses.replace(tnbc, stain_jitter=0.1)
+    assert load_train_config(ROOT / "configs" / "tnbc_patch352.toml") == dataclasses.replace(tnbc, patch=352,
+                                                                                             batch_size=4)
 
 
 def test_training_on_the_valid_split_needs_the_fixed_schedule() -> None:
