@@ -1,13 +1,14 @@
 """Choosing a run's post-processing on the valid split (as StarDist's optimize_thresholds does), or on the
 valid and train originals together (`tune_on`).
 
-The fields the user did not fix -- the mask threshold, the least object area and, for models with the
-interior channel, the core threshold, the least core and whether a coreless object counts -- are
-searched by coordinate ascent over SEARCH: each field in turn takes the value of its grid with the
-highest mean criterion (default AJI) over the valid originals (or those `tune_on` names), the others held,
-until a pass changes nothing (at most PASSES). Those images are predicted once. The sweep never keeps its
-own edge: while the best value is the last (or first) of the values tried, the next one past it (`beyond`)
-is tried too, up to the field's limit. A choice at that limit is said in one warning line and recorded (`at_edge`).
+The fields the user did not fix -- the mask threshold, the least object area, for models with the
+interior channel the core threshold, the least core and whether a coreless object counts, and last the least
+mean mask probability of a kept object -- are searched by coordinate ascent over SEARCH: each field in turn
+takes the value of its grid with the highest mean criterion (default AJI) over the valid originals (or those
+`tune_on` names), the others held, until a pass changes nothing (at most PASSES). Those images are predicted
+once. The sweep never keeps its own edge: while the best value is the last (or first) of the values tried, the
+next one past it (`beyond`) is tried too, up to the field's limit. A choice at that limit is said in one warning
+line and recorded (`at_edge`).
 The least area is searched only from a floor set by those images' truth (`area_floor`); a choice at the floor
 is no edge.
 The choice is bound to the model's sha256 and identified by everything it depends on (model, records, the

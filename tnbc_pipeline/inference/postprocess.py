@@ -3,7 +3,7 @@
 `segment(probabilities, channels, PostProcess)` is the one function eval, infer, cv and study call:
 mask = mask probability > threshold, objects under `min_area` px removed, then touching nuclei separated
 the `instances` way -- connected components, a distance-transform watershed, or one nucleus per core of
-the interior channel grown over the mask.
+the interior channel grown over the mask -- and last, objects of mean mask probability under `min_score` removed.
 """
 
 from __future__ import annotations
