@@ -254,7 +254,7 @@ def evaluate_command(obj: dict, run_dir: Path, records: Path, split: str, thresh
 
     click.echo(f"{split}: {summary['images']} image(s) of patients {' '.join(summary['patients'])}, "
                f"threshold {post['threshold']:.2f} ({how('threshold')}), min area {post['min_area']} "
-               f"({how('min_area')}), nuclei by {post['instances']}"
+               f"({how('min_area')}), min score {post['min_score']:g} ({how('min_score')}), nuclei by {post['instances']}"
                + (f" (core threshold {post['core_threshold']:.2f}, {how('core_threshold')})"
                   if post["instances"] == "interior" else ""))
     click.echo("  ".join(f"{k} {means[k]:.4f}" for k in ("dice", "iou", "aji", "f1", "pq", "precision", "recall")))

@@ -235,7 +235,10 @@ def test_eval_command_prints_a_summary(run: tuple[Path, Path]) -> None:
                                        "--split", "valid", "--threshold", "0.5", "--split-touching"])
     assert result.exit_code == 0, result.output
     assert "threshold 0.50 (given)" in result.output and "nuclei by watershed" in result.output
-    assert json.loads((run_dir / "eval_valid" / "summary.json").read_text())["instances"] == "watershed"
+    summary = json.loads((run_dir / "eval_valid" / "summary.json").read_text())
+    assert summary["instances"] == "watershed"
+    source = summary["postprocess_source"]  # min_score was not given: chosen on valid
+    assert f"min score {summary['postprocess']['min_score']:g} ({source})" in result.output and source != "given"
     both = CliRunner().invoke(main, ["-q", "eval", "--run-dir", str(run_dir), "--records", str(records),
                                      "--split-touching", "--instances", "components"])
     assert both.exit_code == 1 and "contradicts --instances components" in both.output
