@@ -34,9 +34,8 @@ def fold_cases(fold_dir: Path) -> tuple[tuple[str, ...], Cases]:
         if str(data["sha"]) == sha:
             channels = tuple(str(c) for c in data["channels"])
             return channels, {s: list(zip(data[f"{s}_p"], data[f"{s}_t"])) for s in SPLITS}
-    run = RunModel(run_dir, tta=True)
-    cases = {s: [(run.predict(img), truth) for img, truth, *_ in tune.examples(fold_dir / "TNBC" / "tfrecords", s, False)]
-             for s in SPLITS}
+    run, records = RunModel(run_dir, tta=True), fold_dir / "TNBC" / "tfrecords"
+    cases = {s: [(run.predict(img), truth) for img, truth, *_ in tune.examples(records, s, False)] for s in SPLITS}
     arrays = {f"{s}_{k}": np.stack([c[i] for c in cases[s]]) for s in SPLITS for i, k in enumerate("pt")}
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, sha=sha, channels=np.array(run.channels), **arrays)

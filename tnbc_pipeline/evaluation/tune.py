@@ -46,8 +46,8 @@ SEARCH: dict[str, tuple[float | int, ...]] = {  # the grid of each searchable Po
     "min_core": (2, 4, 8, 16, 32, 64),
     # interior models: a mask object with no core kept as a nucleus or removed as a false one (BENCHMARKS.md §1h)
     "orphans": (True, False),
-    # objects whose mean mask probability is under this go whole (0: none); the probability of a true nucleus is
-    # mostly 0.9-0.98, of a false one 0.7-0.95 (BENCHMARKS.md §1w)
+    # objects whose mean mask probability is under this go whole (0: none); that mean is 0.86-0.98 for most true
+    # nuclei, 0.66-0.96 for most false ones (10th-90th percentiles; BENCHMARKS.md §1w)
     "min_score": (0.0, 0.7, 0.75, 0.8, 0.85, 0.9),
 }
 # Past a grid's end: probabilities step halfway to 0 or 1 while PROB_MARGIN or more from it (0.9 -> 0.95 ->
