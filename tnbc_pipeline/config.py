@@ -319,9 +319,6 @@ class PostProcess:
 
     threshold: float = 0.5  # a pixel is nucleus where the mask probability exceeds this
     min_area: int = 30  # predicted objects under this many px are removed (the release's 1st percentile is 61)
-    # holes of at most this many px that the mask encloses become nucleus before the split (0: none); larger
-    # enclosed regions (a gland's lumen inside a ring of nuclei) stay background
-    max_hole: int = 0
     instances: InstanceMethod = "components"  # how touching nuclei are separated
     core_threshold: float = 0.5  # interior: a pixel is core where the interior probability exceeds this
     min_core: int = 4  # interior: cores under this many px seed no nucleus
@@ -339,10 +336,8 @@ class PostProcess:
                 raise TnbcError(f"postprocess.{name} must be in (0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_score < 1.0:
             raise TnbcError(f"postprocess.min_score must be in [0, 1), got {self.min_score}")
-        if (not 0 <= self.min_area <= 10_000 or not 0 <= self.max_hole <= 10_000 or not 1 <= self.min_core <= 10_000
-                or not 1 <= self.min_distance <= 256):
-            raise TnbcError("postprocess: min_area and max_hole must be 0..10000, min_core 1..10000, "
-                            "min_distance 1..256")
+        if not 0 <= self.min_area <= 10_000 or not 1 <= self.min_core <= 10_000 or not 1 <= self.min_distance <= 256:
+            raise TnbcError("postprocess: min_area must be 0..10000, min_core 1..10000, min_distance 1..256")
         _check_choice(self.instances, InstanceMethod, "postprocess.instances", "method")
 
 

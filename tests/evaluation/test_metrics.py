@@ -11,7 +11,7 @@ from tnbc_pipeline.evaluation.metrics import instance_metrics, pixel_metrics
 from tnbc_pipeline.evaluation.metrics import image_metrics as _labels_metrics
 from tnbc_pipeline.config import PostProcess
 from tnbc_pipeline.errors import TnbcError
-from tnbc_pipeline.inference.postprocess import (drop_doubtful, fill_holes, label_instances, remove_small, segment,
+from tnbc_pipeline.inference.postprocess import (drop_doubtful, label_instances, remove_small, segment,
                                                  split_by_interior, split_touching)
 
 
@@ -189,30 +189,3 @@ def test_drop_doubtful_removes_whole_objects_under_the_mean_probability() -> Non
     assert np.array_equal(segment(probs, ("mask", "interior"), post) > 0, kept > 0)  # segment applies it last
     with pytest.raises(TnbcError, match="min_score"):
         PostProcess(min_score=1.0)
-
-
-def test_fill_holes_fills_enclosed_holes_up_to_the_size_only() -> None:
-    mask = np.zeros((20, 40), bool)
-    mask[2:9, 2:9] = True
-    mask[4:7, 4:7] = False  # a 9-px hole
-    mask[2:9, 12:19] = True
-    mask[4:6, 14:16] = False  # a 4-px hole
-    mask[6, 16] = mask[3, 13] = False  # two pixels touching it only at a corner: 1-px holes of their own
-    mask[0:6, 24:30] = True
-    mask[0:3, 26:28] = False  # a notch open to the image border: background, not a hole
-    mask[10:20, 30:40] = True
-    mask[12, 32] = mask[13, 33] = False  # two pixels touching only at a corner: two 1-px holes
-    expect = mask.copy()
-    expect[4:6, 14:16] = expect[6, 16] = expect[3, 13] = expect[12, 32] = expect[13, 33] = True
-    assert np.array_equal(fill_holes(mask, 4), expect)  # the 9-px hole and the notch stay
-    expect[4:7, 4:7] = True
-    assert np.array_equal(fill_holes(mask, 9), expect)
-    assert np.array_equal(fill_holes(mask, 0), mask) and not fill_holes(np.zeros((8, 8)), 9).any()
-    # segment fills before the split and the mean score: a ring nucleus becomes one solid object
-    probability = np.where(mask, 0.9, 0.1).astype(np.float32)
-    probs = np.stack([probability, np.zeros_like(probability)], -1)
-    post = PostProcess(threshold=0.5, min_area=0, instances="components", max_hole=9)
-    labels = segment(probs, ("mask", "interior"), post)
-    assert np.array_equal(labels > 0, expect) and len(np.unique(labels[2:9, 2:9])) == 1
-    with pytest.raises(TnbcError, match="max_hole"):
-        PostProcess(max_hole=-1)

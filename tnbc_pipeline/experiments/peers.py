@@ -44,8 +44,7 @@ STARDIST_RAYS = 32  # StarDist's 2D default, and what its H&E example uses
 STARDIST_GRID = 2  # predict on a 2x subsampled grid: nuclei at 40x are >= 8 px across
 PERCENTILES = (1.0, 99.8)  # StarDist's per-image normalisation (csbdeep.utils.normalize)
 Predict = Callable[[np.ndarray], np.ndarray]  # float image (H, W, 3) in [0, 1] -> int instance labels (H, W)
-PLAIN_SCORING = {"threshold": 0.5, "instances": "components", "min_area": 0, "min_score": 0.0,
-                 "max_hole": 0}  # nothing chosen on valid
+PLAIN_SCORING = {"threshold": 0.5, "instances": "components", "min_area": 0, "min_score": 0.0}  # nothing chosen on valid
 
 
 def plain_config(cfg: TrainConfig) -> TrainConfig:

@@ -1,8 +1,7 @@
 """Post-processing, pure numpy/scipy/scikit-image: a model's probabilities -> nucleus instance labels.
 
 `segment(probabilities, channels, PostProcess)` is the one function eval, infer, cv and study call:
-mask = mask probability > threshold, its enclosed holes of at most `max_hole` px filled, objects under
-`min_area` px removed, then touching nuclei separated
+mask = mask probability > threshold, objects under `min_area` px removed, then touching nuclei separated
 the `instances` way -- connected components, a distance-transform watershed, or one nucleus per core of
 the interior channel grown over the mask -- and last, objects of mean mask probability under `min_score` removed.
 """
@@ -35,19 +34,6 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     keep = np.bincount(labels.ravel()) >= min_area
     keep[0] = False
     return keep[labels]
-
-
-def fill_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
-    """bool (H, W): `mask` with its holes of at most `max_hole` px filled. A hole is a 4-connected background
-    region the mask encloses (not reaching the image border: the dual of 8-connected objects); the release's
-    truth masks hold none over one pixel, so a small one is a pale nucleus centre the threshold missed."""
-    fg = mask.astype(bool)
-    if max_hole <= 0 or not fg.any():
-        return fg
-    holes, _ = ndimage.label(ndimage.binary_fill_holes(fg) & ~fg)  # scipy's default structure: 4-connected
-    small = np.bincount(holes.ravel()) <= max_hole
-    small[0] = False
-    return fg | small[holes]
 
 
 def seeded_watershed(landscape: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray,
@@ -113,7 +99,7 @@ def segment(probabilities: np.ndarray, channels: tuple[str, ...], post: PostProc
     if probabilities.ndim != 3 or probabilities.shape[-1] != len(channels):
         raise ValueError(f"probabilities of shape {probabilities.shape} do not match channels {channels}")
     probability = probabilities[..., channels.index("mask")]
-    mask = remove_small(fill_holes(probability > post.threshold, post.max_hole), post.min_area)
+    mask = remove_small(probability > post.threshold, post.min_area)
     if post.instances == "interior":
         if "interior" not in channels:
             raise TnbcError("post-processing 'interior' needs a model with the interior channel "
