@@ -42,6 +42,8 @@ def test_shipped_configs_load() -> None:
     assert load_train_config(ROOT / "configs" / "tnbc_jitter10.toml") == dataclasses.replace(tnbc, stain_jitter=0.1)
     assert load_train_config(ROOT / "configs" / "tnbc_patch352.toml") == dataclasses.replace(tnbc, patch=352,
                                                                                              batch_size=4)
+    assert load_train_config(ROOT / "configs" / "tnbc_batch4.toml") == dataclasses.replace(tnbc, batch_size=4,
+                                                                                           steps_per_epoch=80)
 
 
 def test_training_on_the_valid_split_needs_the_fixed_schedule() -> None:
