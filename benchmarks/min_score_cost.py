@@ -38,9 +38,10 @@ def fold_cost(fold_dir: Path) -> dict:
     path = fold_dir / "run" / POSTPROCESS
     chosen = ChosenPostProcess.from_json(read_json(path), str(path)).post
     arms = {"chosen": chosen, "min_score_0": dataclasses.replace(chosen, min_score=0.0)}
-    truths = [truth for _, truth in cases["test"]]
+    truths, mask = [truth for _, truth in cases["test"]], channels.index("mask")
+    above = [p[..., mask] > chosen.threshold for p, _ in cases["test"]]
     row: dict = {"fold": str(fold_dir), "min_score": chosen.min_score, "recall": {},
-                 "recall_threshold": pooled_recall([p[..., 0] > chosen.threshold for p, _ in cases["test"]], truths)}
+                 "recall_threshold": pooled_recall(above, truths)}
     for arm, post in arms.items():
         labels = [segment(p, channels, post) for p, _ in cases["test"]]
         row["recall"][arm] = pooled_recall([lab > 0 for lab in labels], truths)
