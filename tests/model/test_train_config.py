@@ -44,6 +44,8 @@ def test_shipped_configs_load() -> None:
                                                                                              batch_size=4)
     assert load_train_config(ROOT / "configs" / "tnbc_batch4.toml") == dataclasses.replace(tnbc, batch_size=4,
                                                                                            steps_per_epoch=80)
+    dropped = load_train_config(ROOT / "configs" / "tnbc_dropout.toml")
+    assert dropped == dataclasses.replace(tnbc, model=dataclasses.replace(tnbc.model, dropout=0.05))
 
 
 def test_training_on_the_valid_split_needs_the_fixed_schedule() -> None:
