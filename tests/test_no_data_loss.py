@@ -74,6 +74,27 @@ def test_no_stage_writes_into_a_folder_it_did_not_make(release_root: Path, datas
     assert invoke("synth", "--out", str(tmp_path / "s"), "--size", "32", "--seed", "1").exit_code == 0
 
 
+def test_a_users_folder_is_refused_before_the_training_speed_is_measured(dataset: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`precision = "auto"` times the model for about a minute on a CPU with bfloat16; a refusal must not wait."""
+    from tnbc_pipeline.config import TrainConfig
+    from tnbc_pipeline.model import speed
+    from tnbc_pipeline.model.train import train
+
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(speed, "gpu_policy", lambda: None)
+    monkeypatch.setenv("TNBC_CACHE_DIR", str(tmp_path / "cache"))  # nothing measured yet
+    timed: list[TrainConfig] = []
+    monkeypatch.setattr(speed, "images_per_s", lambda cfg: timed.append(cfg) or {"float32": 1.0, "mixed_bfloat16": 2.0})
+    long = TrainConfig(epochs=20, steps_per_epoch=40, batch_size=8)  # measured for, were the folder a run's
+    assert speed.measured(long)
+    mine = user_folder(tmp_path / "mine")
+    before = tree_digest(mine)
+    with pytest.raises(TnbcError, match="not empty and holds files tnbc did not write"):
+        train(dataset / "tfrecords", mine, long, progress=False)
+    assert timed == [] and tree_digest(mine) == before
+
+
 def test_dot_dotdot_and_symlinks_are_refused(release_root: Path, tmp_path: Path, monkeypatch) -> None:
     work = user_folder(tmp_path / "work")
     monkeypatch.chdir(work)

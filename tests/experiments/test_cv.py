@@ -177,13 +177,15 @@ def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkey
     from tnbc_pipeline.evaluation.tune import AREA_FLOOR, SEARCH
     from tnbc_pipeline.experiments.cv import fold_identity
 
-    before = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring())
-    assert before.digest == fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
-    pooled = [fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring(tune_on=t)).digest
+    # A fixed policy: "auto" would time the default model's training (~30 s, tests/model/test_speed.py covers it)
+    train = TrainConfig(precision="float32")
+    before = fold_identity(release_root, DatasetConfig(), train, Scoring())
+    assert before.digest == fold_identity(release_root, DatasetConfig(), train, Scoring()).digest
+    pooled = [fold_identity(release_root, DatasetConfig(), train, Scoring(tune_on=t)).digest
               for t in choices(TuneOn)]  # the images the post-processing is chosen on are part of it
     assert len(set(pooled)) == 2 and pooled[choices(TuneOn).index(DEFAULT_TUNE_ON)] == before.digest
     monkeypatch.setitem(SEARCH, "min_core", (4, 8))
-    grid = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    grid = fold_identity(release_root, DatasetConfig(), train, Scoring()).digest
     monkeypatch.setitem(AREA_FLOOR, "fraction", AREA_FLOOR["fraction"] / 2)  # the floor's rule is part of it too
-    floor = fold_identity(release_root, DatasetConfig(), TrainConfig(), Scoring()).digest
+    floor = fold_identity(release_root, DatasetConfig(), train, Scoring()).digest
     assert len({before.digest, grid, floor}) == 3

@@ -240,6 +240,7 @@ def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any,
 def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, force: bool, skip_bad: bool,
                   progress: bool, replace_stale: bool) -> dict[str, Any]:
     index = read_index(records)
+    identity.claim(run_dir, "run")  # a user's folder is refused at once, before "auto" times the model (~1 min)
     wanted = run_identity(records, cfg, resolve_precision(cfg))
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
               "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256"),
