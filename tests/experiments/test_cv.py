@@ -177,7 +177,7 @@ def test_a_changed_search_grid_is_a_new_fold_identity(release_root: Path, monkey
     from tnbc_pipeline.evaluation.tune import AREA_FLOOR, SEARCH
     from tnbc_pipeline.experiments.cv import fold_identity
 
-    # A fixed policy: "auto" would time the default model's training (~30 s, tests/model/test_speed.py covers it)
+    # A fixed policy: "auto" would time the default model's training (~1 min; tests/model/test_speed.py covers it)
     train = TrainConfig(precision="float32")
     before = fold_identity(release_root, DatasetConfig(), train, Scoring())
     assert before.digest == fold_identity(release_root, DatasetConfig(), train, Scoring()).digest

@@ -109,8 +109,8 @@ def _other_run(run_dir: Path, old: identity.Identity, wanted: identity.Identity)
 
 def _prepare_run(run_dir: Path, wanted: identity.Identity, record: dict[str, Any], force: bool,
                  replace_stale: bool) -> bool:
-    """Create or check the run folder; return False when the run is already finished (same identity)."""
-    identity.claim(run_dir, "run")  # new, empty, or a run folder: never a folder of the user's
+    """Create the run folder `identity.claim` let through; return False when the run is already finished (same
+    identity)."""
     if force and run_dir.exists():
         _clear(run_dir)
     old = identity.read(run_dir)
@@ -240,7 +240,8 @@ def _train_worker(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any,
 def _train_locked(records: Path, run_dir: Path, cfg: TrainConfig, strategy: Any, force: bool, skip_bad: bool,
                   progress: bool, replace_stale: bool) -> dict[str, Any]:
     index = read_index(records)
-    identity.claim(run_dir, "run")  # a user's folder is refused at once, before "auto" times the model (~1 min)
+    # new, empty, or a run folder, never a folder of the user's: refused before "auto" times the model (~1 min)
+    identity.claim(run_dir, "run")
     wanted = run_identity(records, cfg, resolve_precision(cfg))
     record = {"tool_version": __version__, "config": to_dict(cfg), "config_hash": config_hash(cfg),
               "records": str(records.resolve()), "records_manifest_sha256": index.get("manifest_sha256"),
