@@ -18,26 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import Cases, fold_cases
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, PostProcess
+from benchmarks.fold_cache import Cases, chosen_on_valid, fold_cases, means_on_test
 from tnbc_pipeline.evaluation import tune
-from tnbc_pipeline.evaluation.metrics import image_metrics
-from tnbc_pipeline.inference.postprocess import segment
 
 METRICS = ("dice", "iou", "aji", "f1", "pq")
-
-
-def scores_on_test(cases: Cases, channels: tuple[str, ...], post: PostProcess) -> dict[str, float]:
-    """`post`'s means over `cases["test"]`."""
-    scores = [image_metrics(truth, segment(p, channels, post)) for p, truth in cases["test"]]
-    return {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
-
-
-def chosen(cases: Cases, channels: tuple[str, ...]) -> PostProcess:
-    """The post-processing chosen on `cases["valid"]` as `tnbc eval` chooses it."""
-    floor = tune.area_floor([truth for _, truth in cases["valid"]])
-    return tune.ascend(PostProcess(instances="interior"), list(tune.SEARCH), cases["valid"], channels,
-                       DEFAULT_TUNE_BY, floor)[0]
 
 
 def mean_cases(members: list[Cases]) -> Cases:
@@ -60,13 +44,13 @@ def fold_row(fold_dirs: list[Path]) -> dict:
     channels = loaded[0][0]
     if any(c != channels for c, _ in loaded):
         raise SystemExit(f"{fold_dirs}: the runs' output channels differ")
-    posts = [chosen(cases, channels) for _, cases in loaded]
+    posts = [chosen_on_valid(cases, channels) for _, cases in loaded]
     ensemble = mean_cases([cases for _, cases in loaded])
-    post = chosen(ensemble, channels)
-    return {"fold": fold_dirs[0].name, "members": [scores_on_test(c, channels, p) for (_, c), p in zip(loaded, posts)],
-            "ensemble": scores_on_test(ensemble, channels, post),
+    post = chosen_on_valid(ensemble, channels)
+    return {"fold": fold_dirs[0].name, "members": [means_on_test(c, channels, p, METRICS) for (_, c), p in zip(loaded, posts)],
+            "ensemble": means_on_test(ensemble, channels, post, METRICS),
             # the map apart from the choice: the ensemble under each member's own post-processing
-            "ensemble_at_members_post": [scores_on_test(ensemble, channels, p) for p in posts],
+            "ensemble_at_members_post": [means_on_test(ensemble, channels, p, METRICS) for p in posts],
             "posts": [{f: getattr(p, f) for f in tune.SEARCH} for p in [*posts, post]]}
 
 

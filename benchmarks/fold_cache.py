@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tnbc_pipeline.config import DEFAULT_TUNE_BY, PostProcess
 from tnbc_pipeline.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,26 @@ def fold_cases(fold_dir: Path) -> tuple[tuple[str, ...], Cases]:
     np.savez(tmp, sha=sha, channels=np.array(run.channels), **arrays)
     tmp.replace(cache)
     return tuple(run.channels), cases
+
+
+def chosen_on_valid(cases: Cases, channels: tuple[str, ...], fields: list[str] | None = None) -> PostProcess:
+    """The post-processing `tnbc eval` would choose on `cases["valid"]`: coordinate ascent over `fields` (every
+    searched field when None) by the default criterion, the least area from the valid truth's floor."""
+    from tnbc_pipeline.evaluation import tune
+
+    floor = tune.area_floor([truth for _, truth in cases["valid"]])
+    return tune.ascend(PostProcess(instances="interior"), list(tune.SEARCH) if fields is None else fields,
+                       cases["valid"], channels, DEFAULT_TUNE_BY, floor)[0]
+
+
+def means_on_test(cases: Cases, channels: tuple[str, ...], post: PostProcess,
+                  metrics: tuple[str, ...]) -> dict[str, float]:
+    """`post` applied to every test case: metric -> mean over the test images."""
+    from tnbc_pipeline.evaluation.metrics import image_metrics
+    from tnbc_pipeline.inference.postprocess import segment
+
+    scores = [image_metrics(truth, segment(p, channels, post)) for p, truth in cases["test"]]
+    return {m: float(np.mean([s[m] for s in scores])) for m in metrics}
 
 
 if __name__ == "__main__":

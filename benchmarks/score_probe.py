@@ -17,11 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import fold_cases
-from tnbc_pipeline.config import DEFAULT_TUNE_BY, PostProcess
+from benchmarks.fold_cache import chosen_on_valid, fold_cases, means_on_test
 from tnbc_pipeline.evaluation import tune
-from tnbc_pipeline.evaluation.metrics import image_metrics
-from tnbc_pipeline.inference.postprocess import segment
 
 METRICS = ("dice", "iou", "aji", "f1", "pq")
 ARMS = {"without": [f for f in tune.SEARCH if f != "min_score"], "with": list(tune.SEARCH)}
@@ -30,13 +27,10 @@ ARMS = {"without": [f for f in tune.SEARCH if f != "min_score"], "with": list(tu
 def probe(fold_dir: Path) -> dict:
     """One fold: {"fold", arm: {"post", metric: mean over its test images}} for both arms."""
     channels, cases = fold_cases(fold_dir)
-    floor = tune.area_floor([truth for _, truth in cases["valid"]])
     row: dict = {"fold": str(fold_dir)}
     for arm, fields in ARMS.items():
-        post, _ = tune.ascend(PostProcess(instances="interior"), fields, cases["valid"], channels, DEFAULT_TUNE_BY,
-                              floor)
-        scores = [image_metrics(truth, segment(p, channels, post)) for p, truth in cases["test"]]
-        row[arm] = {"post": dataclasses.asdict(post), **{m: float(np.mean([s[m] for s in scores])) for m in METRICS}}
+        post = chosen_on_valid(cases, channels, fields)
+        row[arm] = {"post": dataclasses.asdict(post), **means_on_test(cases, channels, post, METRICS)}
     return row
 
 
