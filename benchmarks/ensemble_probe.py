@@ -47,7 +47,8 @@ def fold_row(fold_dirs: list[Path]) -> dict:
     posts = [chosen_on_valid(cases, channels) for _, cases in loaded]
     ensemble = mean_cases([cases for _, cases in loaded])
     post = chosen_on_valid(ensemble, channels)
-    return {"fold": fold_dirs[0].name, "members": [means_on_test(c, channels, p, METRICS) for (_, c), p in zip(loaded, posts)],
+    members = [means_on_test(cases, channels, p, METRICS) for (_, cases), p in zip(loaded, posts)]
+    return {"fold": fold_dirs[0].name, "members": members,
             "ensemble": means_on_test(ensemble, channels, post, METRICS),
             # the map apart from the choice: the ensemble under each member's own post-processing
             "ensemble_at_members_post": [means_on_test(ensemble, channels, p, METRICS) for p in posts],
