@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import SPLITS, Cases, chosen_on_valid, fold_cases, means_on_test
-from tnbc_pipeline.io import sha256_file
+from benchmarks.fold_cache import chosen_on_valid, fold_cases, means_on_test
 
 METRICS = ("dice", "iou", "aji", "f1", "pq")
 VIEWS = [(k, f) for k in range(4) for f in (False, True)]
@@ -63,34 +62,12 @@ def whole_predictor(model, image_stats: bool):
     return predict
 
 
-def arm_cases(fold_dir: Path, arm: str) -> Cases:
-    """The fold's valid/test probabilities under `arm` ("whole" or "image"), cached beside the model."""
-    from tnbc_pipeline.evaluation import tune
-    from tnbc_pipeline.inference.predictor import RunModel
-
-    run_dir = fold_dir / "run"
-    cache, sha = run_dir / f"probe_cache_{arm}.npz", sha256_file(run_dir / "model.keras")
-    if cache.is_file():
-        data = np.load(cache)
-        if str(data["sha"]) == sha:
-            return {s: list(zip(data[f"{s}_p"], data[f"{s}_t"])) for s in SPLITS}
-    run = RunModel(run_dir)
-    predict = whole_predictor(run.model, arm == "image")
-    records = fold_dir / "TNBC" / "tfrecords"
-    cases = {s: [(predict(img), truth) for img, truth, *_ in tune.examples(records, s, False)] for s in SPLITS}
-    arrays = {f"{s}_{k}": np.stack([c[i] for c in cases[s]]) for s in SPLITS for i, k in enumerate("pt")}
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, sha=sha, **arrays)
-    tmp.replace(cache)
-    return cases
-
-
 def fold_row(fold_dir: Path) -> dict:
     """{"fold", arm: test means at the arm's own valid choice} for one trained fold."""
-    channels, running = fold_cases(fold_dir)
     row = {"fold": str(fold_dir)}
-    for arm, cases in (("running", running), ("whole", arm_cases(fold_dir, "whole")),
-                       ("image", arm_cases(fold_dir, "image"))):
+    for arm in ("running", "whole", "image"):
+        channels, cases = (fold_cases(fold_dir) if arm == "running" else
+                           fold_cases(fold_dir, arm, lambda run: whole_predictor(run.model, arm == "image")))
         row[arm] = means_on_test(cases, channels, chosen_on_valid(cases, channels), METRICS)
     return row
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,22 +23,29 @@ from tnbc_pipeline.io import sha256_file
 log = logging.getLogger(__name__)
 SPLITS = ("valid", "test")
 Cases = dict[str, list[tuple[np.ndarray, np.ndarray]]]  # split -> [(probabilities (H, W, C), truth labels)]
+Predictor = Callable[[Any], Callable[[np.ndarray], np.ndarray]]  # a loaded RunModel -> (image -> probabilities)
 
 
-def fold_cases(fold_dir: Path) -> tuple[tuple[str, ...], Cases]:
-    """(the run's output-channel map, split -> [(float32 (H, W, C) TTA probabilities, int32 truth labels)])."""
+def fold_cases(fold_dir: Path, arm: str = "", predictor: Predictor | None = None) -> tuple[tuple[str, ...], Cases]:
+    """(the run's output-channel map, split -> [(float32 (H, W, C) probabilities, int32 truth labels)]).
+
+    By default the TTA probabilities `tnbc eval` computes (FOLD/run/probe_cache.npz); with `arm` and
+    `predictor` (the loaded run -> image -> probabilities), another way of predicting, cached in
+    FOLD/run/probe_cache_{arm}.npz."""
     from tnbc_pipeline.evaluation import tune
     from tnbc_pipeline.inference.predictor import RunModel
 
     run_dir = fold_dir / "run"
-    cache, sha = run_dir / "probe_cache.npz", sha256_file(run_dir / "model.keras")
+    cache = run_dir / (f"probe_cache_{arm}.npz" if arm else "probe_cache.npz")
+    sha = sha256_file(run_dir / "model.keras")
     if cache.is_file():
         data = np.load(cache)
         if str(data["sha"]) == sha:
             channels = tuple(str(c) for c in data["channels"])
             return channels, {s: list(zip(data[f"{s}_p"], data[f"{s}_t"])) for s in SPLITS}
     run, records = RunModel(run_dir, tta=True), fold_dir / "TNBC" / "tfrecords"
-    cases = {s: [(run.predict(img), truth) for img, truth, *_ in tune.examples(records, s, False)] for s in SPLITS}
+    predict = predictor(run) if predictor else run.predict
+    cases = {s: [(predict(img), truth) for img, truth, *_ in tune.examples(records, s, False)] for s in SPLITS}
     arrays = {f"{s}_{k}": np.stack([c[i] for c in cases[s]]) for s in SPLITS for i, k in enumerate("pt")}
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, sha=sha, channels=np.array(run.channels), **arrays)
