@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import chosen_on_valid, fold_cases, means_on_test
+from benchmarks.fold_cache import METRICS, chosen_on_valid, fold_cases, means_on_test
 
-METRICS = ("dice", "iou", "aji", "f1", "pq")
 VIEWS = [(k, f) for k in range(4) for f in (False, True)]
 
 
@@ -68,7 +67,7 @@ def fold_row(fold_dir: Path) -> dict:
     for arm in ("running", "whole", "image"):
         channels, cases = (fold_cases(fold_dir) if arm == "running" else
                            fold_cases(fold_dir, arm, lambda run: whole_predictor(run.model, arm == "image")))
-        row[arm] = means_on_test(cases, channels, chosen_on_valid(cases, channels), METRICS)
+        row[arm] = means_on_test(cases, channels, chosen_on_valid(cases, channels))
     return row
 
 

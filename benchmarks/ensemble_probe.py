@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import Cases, chosen_on_valid, fold_cases, means_on_test
+from benchmarks.fold_cache import METRICS, Cases, chosen_on_valid, fold_cases, means_on_test
 from tnbc_pipeline.evaluation import tune
 
-METRICS = ("dice", "iou", "aji", "f1", "pq")
 
 
 def mean_cases(members: list[Cases]) -> Cases:
@@ -47,11 +46,11 @@ def fold_row(fold_dirs: list[Path]) -> dict:
     posts = [chosen_on_valid(cases, channels) for _, cases in loaded]
     ensemble = mean_cases([cases for _, cases in loaded])
     post = chosen_on_valid(ensemble, channels)
-    members = [means_on_test(cases, channels, p, METRICS) for (_, cases), p in zip(loaded, posts)]
+    members = [means_on_test(cases, channels, p) for (_, cases), p in zip(loaded, posts)]
     return {"fold": fold_dirs[0].name, "members": members,
-            "ensemble": means_on_test(ensemble, channels, post, METRICS),
+            "ensemble": means_on_test(ensemble, channels, post),
             # the map apart from the choice: the ensemble under each member's own post-processing
-            "ensemble_at_members_post": [means_on_test(ensemble, channels, p, METRICS) for p in posts],
+            "ensemble_at_members_post": [means_on_test(ensemble, channels, p) for p in posts],
             "posts": [{f: getattr(p, f) for f in tune.SEARCH} for p in [*posts, post]]}
 
 

@@ -22,6 +22,7 @@ from tnbc_pipeline.io import sha256_file
 
 log = logging.getLogger(__name__)
 SPLITS = ("valid", "test")
+METRICS = ("dice", "iou", "aji", "f1", "pq")  # what the probes score on test
 Cases = dict[str, list[tuple[np.ndarray, np.ndarray]]]  # split -> [(probabilities (H, W, C), truth labels)]
 Predictor = Callable[[Any], Callable[[np.ndarray], np.ndarray]]  # a loaded RunModel -> (image -> probabilities)
 
@@ -64,7 +65,7 @@ def chosen_on_valid(cases: Cases, channels: tuple[str, ...], fields: list[str] |
 
 
 def means_on_test(cases: Cases, channels: tuple[str, ...], post: PostProcess,
-                  metrics: tuple[str, ...]) -> dict[str, float]:
+                  metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """`post` applied to every test case: metric -> mean over the test images."""
     from tnbc_pipeline.evaluation.metrics import image_metrics
     from tnbc_pipeline.inference.postprocess import segment

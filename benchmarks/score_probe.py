@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_cache import chosen_on_valid, fold_cases, means_on_test
+from benchmarks.fold_cache import METRICS, chosen_on_valid, fold_cases, means_on_test
 from tnbc_pipeline.evaluation import tune
 
-METRICS = ("dice", "iou", "aji", "f1", "pq")
 ARMS = {"without": [f for f in tune.SEARCH if f != "min_score"], "with": list(tune.SEARCH)}
 
 
@@ -30,7 +29,7 @@ def probe(fold_dir: Path) -> dict:
     row: dict = {"fold": str(fold_dir)}
     for arm, fields in ARMS.items():
         post = chosen_on_valid(cases, channels, fields)
-        row[arm] = {"post": dataclasses.asdict(post), **means_on_test(cases, channels, post, METRICS)}
+        row[arm] = {"post": dataclasses.asdict(post), **means_on_test(cases, channels, post)}
     return row
 
 
